@@ -1,0 +1,592 @@
+//! The opening handshake (RFC 6455 §4): the accept key, reading an HTTP head that
+//! arrives in pieces, the server's view of a request and its answers, and the client's
+//! request and its check of the response.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sha1::{Digest, Sha1};
+
+use crate::proto::error::{Error, HandshakeError};
+
+/// The GUID appended to the key (§1.3).
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key` (§1.3, §4.2.2):
+/// base64(SHA-1(key + GUID)).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(GUID);
+    BASE64.encode(sha.finalize())
+}
+
+/// Collects an HTTP head that arrives in pieces. Each byte is scanned once for the
+/// blank line that ends the head, so trickling bytes one at a time costs linear work.
+#[derive(Debug, Default)]
+pub(crate) struct HeadReader {
+    buf: Vec<u8>,
+}
+
+impl HeadReader {
+    /// Appends `data`. Returns `Ok(Some(rest))` once the head is complete, where
+    /// `rest` is what followed it in `data` (a pipelined first frame); `Ok(None)` for
+    /// "need more"; `Err` when the head would exceed `limit` bytes.
+    pub(crate) fn push<'a>(&mut self, data: &'a [u8], limit: usize) -> Result<Option<&'a [u8]>, HandshakeError> {
+        let old = self.buf.len();
+        let take = data.len().min(limit.saturating_sub(old));
+        self.buf.extend_from_slice(&data[..take]);
+        // Only the new bytes, plus three before them, can complete the blank line.
+        let from = old.saturating_sub(3);
+        match self.buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            Some(p) => {
+                let end = from + p + 4;
+                self.buf.truncate(end);
+                Ok(Some(&data[end - old..]))
+            }
+            None if self.buf.len() >= limit => Err(HandshakeError::HeadTooLarge),
+            None => Ok(None),
+        }
+    }
+
+    /// The complete head.
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Bytes held.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Frees the buffer once the handshake is over.
+    pub(crate) fn clear(&mut self) {
+        self.buf = Vec::new();
+    }
+}
+
+/// Header lines of a head, names as sent, values as raw bytes.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// All comma-separated tokens of every header `name`, trimmed and non-empty.
+fn tokens<'a>(headers: &'a Headers, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn has_token(headers: &Headers, name: &str, token: &str) -> bool {
+    tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+fn count(headers: &Headers, name: &str) -> usize {
+    headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+}
+
+fn collect_headers(raw: &[httparse::Header<'_>]) -> Headers {
+    raw.iter().map(|h| (h.name.to_owned(), h.value.to_owned())).collect()
+}
+
+/// A client's opening handshake as the server received it (§4.2.1), valid per RFC 6455.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The request target: path and query, e.g. `/lobby?name=ann`.
+    pub target: String,
+    /// Every header line, in order.
+    pub headers: Headers,
+    pub(crate) key: Vec<u8>,
+}
+
+impl Request {
+    /// The path part of the target (before `?`).
+    pub fn path(&self) -> &str {
+        self.target.split_once('?').map_or(&self.target, |(p, _)| p)
+    }
+
+    /// The query part of the target (after `?`), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.target.split_once('?').map(|(_, q)| q)
+    }
+
+    /// The first header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        header(&self.headers, name)
+    }
+
+    /// The `Host` header.
+    pub fn host(&self) -> Option<&str> {
+        self.header("host").and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The `Origin` header (sent by browsers, §10.2).
+    pub fn origin(&self) -> Option<&str> {
+        self.header("origin").and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Subprotocols offered in `Sec-WebSocket-Protocol`, in the client's order of preference.
+    pub fn protocols(&self) -> impl Iterator<Item = &str> {
+        tokens(&self.headers, "sec-websocket-protocol")
+    }
+
+    /// Extensions offered in `Sec-WebSocket-Extensions` (each with its parameters).
+    pub fn extensions(&self) -> impl Iterator<Item = &str> {
+        tokens(&self.headers, "sec-websocket-extensions")
+    }
+}
+
+/// Parses and validates a complete request head (§4.2.1).
+pub(crate) fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, HandshakeError> {
+    let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut req = httparse::Request::new(&mut raw);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HandshakeError::Malformed("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
+        Err(_) => return Err(HandshakeError::Malformed("request")),
+    }
+    // §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
+    if req.method != Some("GET") {
+        return Err(HandshakeError::MethodNotAllowed);
+    }
+    if req.version != Some(1) {
+        return Err(HandshakeError::HttpVersion);
+    }
+    let target = req.path.unwrap_or("/").to_owned();
+    let headers = collect_headers(req.headers);
+    // Item 2: a Host header.
+    if count(&headers, "host") != 1 {
+        return Err(HandshakeError::BadHeader("Host"));
+    }
+    // Item 3: Upgrade includes "websocket" (case-insensitive).
+    if !has_token(&headers, "upgrade", "websocket") {
+        return Err(HandshakeError::BadHeader("Upgrade"));
+    }
+    // Item 4: Connection includes the token "Upgrade".
+    if !has_token(&headers, "connection", "upgrade") {
+        return Err(HandshakeError::BadHeader("Connection"));
+    }
+    // Item 6: Sec-WebSocket-Version is 13 (§4.2.2: otherwise 426 listing 13).
+    if count(&headers, "sec-websocket-version") != 1 || header(&headers, "sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    // Item 5: Sec-WebSocket-Key is base64 of 16 bytes, exactly once.
+    if count(&headers, "sec-websocket-key") != 1 {
+        return Err(HandshakeError::BadHeader("Sec-WebSocket-Key"));
+    }
+    let key = header(&headers, "sec-websocket-key").unwrap_or_default().trim_ascii().to_vec();
+    match BASE64.decode(&key) {
+        Ok(k) if k.len() == 16 => {}
+        _ => return Err(HandshakeError::BadHeader("Sec-WebSocket-Key")),
+    }
+    Ok(Request { target, headers, key })
+}
+
+/// Is `s` an HTTP token (RFC 7230 §3.2.6)? Subprotocols and header names must be.
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header value may not contain CR, LF or NUL (header injection) nor other controls.
+fn is_field_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7F))
+}
+
+fn check_header(name: &str, value: &str) -> Result<(), Error> {
+    if !is_token(name) {
+        return Err(Error::InvalidHeader(name.to_owned()));
+    }
+    if !is_field_value(value) {
+        return Err(Error::InvalidHeader(format!("{name}: {value:?}")));
+    }
+    Ok(())
+}
+
+/// The server's answer to a [`Request`]: an optional subprotocol and extra headers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accept {
+    pub(crate) protocol: Option<String>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl Accept {
+    /// Accept with no subprotocol and no extra headers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Choose a subprotocol (it must be one the client offered).
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
+        self.protocol = Some(protocol.into());
+        self
+    }
+
+    /// Add a header to the 101 response.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// Writes the 101 response (§4.2.2).
+pub(crate) fn write_accept(out: &mut Vec<u8>, req: &Request, accept: &Accept) -> Result<(), Error> {
+    if let Some(p) = &accept.protocol {
+        if !req.protocols().any(|o| o == p) {
+            return Err(Error::InvalidHeader(format!("subprotocol {p:?} was not offered")));
+        }
+    }
+    for (n, v) in &accept.headers {
+        check_header(n, v)?;
+    }
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    out.extend_from_slice(accept_key(&req.key).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(p) = &accept.protocol {
+        out.extend_from_slice(format!("Sec-WebSocket-Protocol: {p}\r\n").as_bytes());
+    }
+    for (n, v) in &accept.headers {
+        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// Writes a non-101 HTTP response that ends the connection.
+pub(crate) fn write_rejection(out: &mut Vec<u8>, status: u16, headers: &[(String, String)], body: &[u8]) -> Result<(), Error> {
+    if !(200..=599).contains(&status) || status == 101 {
+        return Err(Error::InvalidHeader(format!("status {status}")));
+    }
+    for (n, v) in headers {
+        check_header(n, v)?;
+    }
+    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
+    if status == 426 {
+        out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
+    }
+    if status == 405 {
+        out.extend_from_slice(b"Allow: GET\r\n");
+    }
+    for (n, v) in headers {
+        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(format!("Connection: close\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+    out.extend_from_slice(body);
+    Ok(())
+}
+
+/// A parsed `ws://` or `wss://` URL (§3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Url {
+    /// `true` for `wss://`.
+    pub secure: bool,
+    /// The host: a name, an IPv4 address, or an IPv6 address without brackets.
+    pub host: String,
+    /// The port (default 80 for ws, 443 for wss).
+    pub port: u16,
+    /// Path and query, at least `/`.
+    pub resource: String,
+}
+
+impl Url {
+    /// Parses a WebSocket URL. Fragments and user info are refused (§3).
+    pub fn parse(url: &str) -> Result<Url, Error> {
+        let bad = |why: &str| Error::InvalidUrl(format!("{url}: {why}"));
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme"))?;
+        let secure = match scheme.to_ascii_lowercase().as_str() {
+            "ws" => false,
+            "wss" => true,
+            _ => return Err(bad("scheme must be ws or wss")),
+        };
+        if rest.contains('#') {
+            return Err(bad("fragments are not allowed"));
+        }
+        let (authority, resource) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'?' => (&rest[..i], format!("/{}", &rest[i..])),
+            Some(i) => (&rest[..i], rest[i..].to_owned()),
+            None => (rest, "/".to_owned()),
+        };
+        if authority.contains('@') {
+            return Err(bad("user info is not supported"));
+        }
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+            (h, after.strip_prefix(':'))
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-_:%".contains(&b)) {
+            return Err(bad("invalid host"));
+        }
+        let port = match port {
+            Some(p) => p.parse::<u16>().map_err(|_| bad("invalid port"))?,
+            None if secure => 443,
+            None => 80,
+        };
+        if !resource.bytes().all(|b| b > 0x20 && b < 0x7F) {
+            return Err(bad("invalid characters in path"));
+        }
+        Ok(Url {
+            secure,
+            host: host.to_owned(),
+            port,
+            resource,
+        })
+    }
+
+    /// The `Host` header value: the host, and the port unless it is the default.
+    pub fn host_header(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default = if self.secure { 443 } else { 80 };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// What a client sends to open a connection: URL, subprotocols, origin, extra headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientRequest {
+    pub(crate) url: Url,
+    pub(crate) protocols: Vec<String>,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl ClientRequest {
+    /// A request for `url` (`ws://host[:port]/path?query`). `wss://` parses but the
+    /// engine refuses it with [`Error::TlsUnsupported`] until TLS lands.
+    pub fn new(url: &str) -> Result<Self, Error> {
+        Ok(Self {
+            url: Url::parse(url)?,
+            protocols: Vec::new(),
+            headers: Vec::new(),
+        })
+    }
+
+    /// The parsed URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Offer a subprotocol (must be an HTTP token).
+    pub fn protocol(mut self, protocol: impl Into<String>) -> Result<Self, Error> {
+        let p = protocol.into();
+        if !is_token(&p) {
+            return Err(Error::InvalidHeader(p));
+        }
+        self.protocols.push(p);
+        Ok(self)
+    }
+
+    /// Send an `Origin` header.
+    pub fn origin(self, origin: impl Into<String>) -> Result<Self, Error> {
+        self.header("Origin", origin)
+    }
+
+    /// Add a header. Names must be tokens; values may not contain CR, LF or NUL.
+    /// Headers the handshake itself sets are refused.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self, Error> {
+        let (name, value) = (name.into(), value.into());
+        check_header(&name, &value)?;
+        const RESERVED: [&str; 6] = [
+            "host",
+            "upgrade",
+            "connection",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-protocol",
+        ];
+        if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+            return Err(Error::InvalidHeader(format!("{name} is set by the handshake")));
+        }
+        self.headers.push((name, value));
+        Ok(self)
+    }
+
+    /// Writes the request with `key` (16 random bytes) and returns the expected accept value.
+    pub(crate) fn write(&self, out: &mut Vec<u8>, key: [u8; 16]) -> String {
+        let key = BASE64.encode(key);
+        out.extend_from_slice(format!("GET {} HTTP/1.1\r\nHost: {}\r\n", self.url.resource, self.url.host_header()).as_bytes());
+        out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if !self.protocols.is_empty() {
+            out.extend_from_slice(format!("Sec-WebSocket-Protocol: {}\r\n", self.protocols.join(", ")).as_bytes());
+        }
+        for (n, v) in &self.headers {
+            out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        accept_key(key.as_bytes())
+    }
+}
+
+/// The server's 101 response as the client received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// Always 101 once the connection is open.
+    pub status: u16,
+    /// Every header line, in order.
+    pub headers: Headers,
+    /// The subprotocol the server chose, if any.
+    pub protocol: Option<String>,
+}
+
+impl Response {
+    /// The first header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        header(&self.headers, name)
+    }
+}
+
+/// Parses and validates the server's response head (§4.1, the client's checks).
+pub(crate) fn parse_response(
+    head: &[u8],
+    max_headers: usize,
+    expected_accept: &str,
+    offered: &[String],
+) -> Result<Response, HandshakeError> {
+    let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut resp = httparse::Response::new(&mut raw);
+    match resp.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(HandshakeError::Malformed("incomplete head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
+        Err(_) => return Err(HandshakeError::Malformed("response")),
+    }
+    let status = resp.code.unwrap_or(0);
+    let headers = collect_headers(resp.headers);
+    if status != 101 {
+        return Err(HandshakeError::Status { status, headers });
+    }
+    if !has_token(&headers, "upgrade", "websocket") {
+        return Err(HandshakeError::BadHeader("Upgrade"));
+    }
+    if !has_token(&headers, "connection", "upgrade") {
+        return Err(HandshakeError::BadHeader("Connection"));
+    }
+    if count(&headers, "sec-websocket-accept") != 1
+        || header(&headers, "sec-websocket-accept").map(<[u8]>::trim_ascii) != Some(expected_accept.as_bytes())
+    {
+        return Err(HandshakeError::BadAccept);
+    }
+    if let Some(ext) = tokens(&headers, "sec-websocket-extensions").next() {
+        return Err(HandshakeError::UnexpectedExtension(ext.to_owned()));
+    }
+    let chosen: Vec<&str> = tokens(&headers, "sec-websocket-protocol").collect();
+    let protocol = match chosen[..] {
+        [] => None,
+        [p] if offered.iter().any(|o| o == p) => Some(p.to_owned()),
+        _ => return Err(HandshakeError::UnexpectedProtocol(chosen.join(", "))),
+    };
+    Ok(Response { status, headers, protocol })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc_1_3_accept_key() {
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn head_reader_finds_end_across_pieces_and_keeps_the_rest() {
+        let msg = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x81\x00";
+        for split in 0..msg.len() {
+            let mut r = HeadReader::default();
+            let first = r.push(&msg[..split], 1024).unwrap();
+            let rest = match first {
+                Some(rest) => rest.to_vec().into_iter().chain(msg[split..].iter().copied()).collect::<Vec<_>>(),
+                None => r.push(&msg[split..], 1024).unwrap().unwrap().to_vec(),
+            };
+            assert_eq!(r.head(), &msg[..msg.len() - 2], "split {split}");
+            assert_eq!(rest, b"\x81\x00");
+        }
+    }
+
+    #[test]
+    fn head_reader_limit() {
+        let mut r = HeadReader::default();
+        assert_eq!(r.push(&[b'a'; 100], 64), Err(HandshakeError::HeadTooLarge));
+        let mut r = HeadReader::default();
+        // A head of exactly 63 bytes fits in a limit of 64.
+        let mut head = vec![b'a'; 59];
+        head.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(r.push(&head, 64), Ok(Some(&[][..])));
+    }
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("ws://example.com/chat?x=1").unwrap();
+        assert_eq!(
+            (u.secure, u.host.as_str(), u.port, u.resource.as_str()),
+            (false, "example.com", 80, "/chat?x=1")
+        );
+        assert_eq!(u.host_header(), "example.com");
+        let u = Url::parse("ws://[::1]:9001").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.resource.as_str()), ("::1", 9001, "/"));
+        assert_eq!(u.host_header(), "[::1]:9001");
+        assert_eq!(Url::parse("wss://h?q").unwrap().resource, "/?q");
+        assert!(Url::parse("wss://h").unwrap().secure);
+        for bad in [
+            "http://h/",
+            "ws://h/#f",
+            "ws://u@h/",
+            "ws://:80/",
+            "ws://h:99999/",
+            "ws://h/a b",
+            "h/",
+        ] {
+            assert!(Url::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_injection_is_refused() {
+        let r = ClientRequest::new("ws://h/").unwrap();
+        assert!(r.clone().header("X-A", "1\r\nEvil: 1").is_err());
+        assert!(r.clone().header("X-A", "a\0").is_err());
+        assert!(r.clone().header("X\nA", "1").is_err());
+        assert!(r.clone().protocol("chat\r\n").is_err());
+        assert!(r.clone().protocol("a,b").is_err());
+        assert!(r.clone().origin("http://o\n").is_err());
+        assert!(r.header("X-Ok", "fine value").is_ok());
+    }
+}

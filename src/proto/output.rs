@@ -1,0 +1,171 @@
+//! The engine's outgoing byte queue: bytes the engine encoded itself, interleaved
+//! with frames encoded once and shared by many connections (relay fan-out). The
+//! caller drains it with one `write` or `writev` per turn, partially if it must.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::sync::Arc;
+
+/// One run of queued bytes.
+#[derive(Debug)]
+enum Seg {
+    /// The next `n` unsent bytes of the inline buffer.
+    Inline(usize),
+    /// A shared frame and how much of it has been sent.
+    Shared(Arc<[u8]>, usize),
+}
+
+/// An ordered queue of outgoing bytes.
+#[derive(Debug, Default)]
+pub(crate) struct OutQueue {
+    buf: Vec<u8>,
+    pos: usize,
+    segs: VecDeque<Seg>,
+    total: usize,
+}
+
+impl OutQueue {
+    /// Appends bytes written by `f` into the inline buffer.
+    pub(crate) fn write_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        let before = self.buf.len();
+        f(&mut self.buf);
+        let n = self.buf.len() - before;
+        if n == 0 {
+            return;
+        }
+        self.total += n;
+        match self.segs.back_mut() {
+            Some(Seg::Inline(m)) => *m += n,
+            _ => self.segs.push_back(Seg::Inline(n)),
+        }
+    }
+
+    /// Appends a shared frame without copying it.
+    pub(crate) fn push_shared(&mut self, bytes: Arc<[u8]>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.total += bytes.len();
+        self.segs.push_back(Seg::Shared(bytes, 0));
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Memory held (capacity of the inline buffer plus queued shared frames).
+    pub(crate) fn footprint(&self) -> usize {
+        self.buf.capacity()
+            + self
+                .segs
+                .iter()
+                .map(|s| if let Seg::Shared(a, _) = s { a.len() } else { 0 })
+                .sum::<usize>()
+    }
+
+    /// The first contiguous run of queued bytes (empty when nothing is queued).
+    pub(crate) fn front(&self) -> &[u8] {
+        match self.segs.front() {
+            Some(Seg::Inline(n)) => &self.buf[self.pos..self.pos + n],
+            Some(Seg::Shared(a, off)) => &a[*off..],
+            None => &[],
+        }
+    }
+
+    /// Fills `dst` with the queued runs, in order; returns how many were filled.
+    pub(crate) fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut pos = self.pos;
+        let mut filled = 0;
+        for (seg, slot) in self.segs.iter().zip(dst.iter_mut()) {
+            *slot = IoSlice::new(match seg {
+                Seg::Inline(n) => {
+                    let s = &self.buf[pos..pos + n];
+                    pos += n;
+                    s
+                }
+                Seg::Shared(a, off) => &a[*off..],
+            });
+            filled += 1;
+        }
+        filled
+    }
+
+    /// Marks `n` bytes as written (clamped to what is queued).
+    pub(crate) fn consume(&mut self, n: usize) {
+        let mut n = n.min(self.total);
+        self.total -= n;
+        while n > 0 {
+            let Some(seg) = self.segs.front_mut() else { break };
+            match seg {
+                Seg::Inline(m) => {
+                    let k = n.min(*m);
+                    *m -= k;
+                    self.pos += k;
+                    n -= k;
+                    if *m == 0 {
+                        self.segs.pop_front();
+                    }
+                }
+                Seg::Shared(a, off) => {
+                    let k = n.min(a.len() - *off);
+                    *off += k;
+                    n -= k;
+                    if *off == a.len() {
+                        self.segs.pop_front();
+                    }
+                }
+            }
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos >= 64 * 1024 && self.pos * 2 >= self.buf.len() {
+            // Keep the inline buffer from growing forever under steady partial writes.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+
+    /// Drops everything queued (abort).
+    pub(crate) fn clear(&mut self) {
+        self.buf = Vec::new();
+        self.pos = 0;
+        self.segs.clear();
+        self.total = 0;
+    }
+
+    /// Releases the inline buffer's memory when nothing is queued (idle connections).
+    pub(crate) fn shrink_if_empty(&mut self, keep: usize) {
+        if self.total == 0 && self.buf.capacity() > keep {
+            self.buf = Vec::new();
+            self.segs = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaves_inline_and_shared_in_order() {
+        let mut q = OutQueue::default();
+        q.write_with(|b| b.extend_from_slice(b"ab"));
+        q.push_shared(Arc::from(&b"cd"[..]));
+        q.write_with(|b| b.extend_from_slice(b"e"));
+        q.write_with(|b| b.extend_from_slice(b"f"));
+        assert_eq!(q.len(), 6);
+        let mut slots = [IoSlice::new(&[]); 8];
+        let n = q.slices(&mut slots);
+        let joined: Vec<u8> = slots[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(joined, b"abcdef");
+        let mut out = Vec::new();
+        while q.len() > 0 {
+            let f = q.front();
+            out.push(f[0]);
+            q.consume(1);
+        }
+        assert_eq!(out, b"abcdef");
+    }
+}

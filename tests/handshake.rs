@@ -1,0 +1,261 @@
+//! RFC 6455 §4: the opening handshake, server and client side.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use rfc6455::{Accept, ClientRequest, Config, Connection, Error, Event, HandshakeError, ProtocolError, State};
+
+fn server_answer(request: &[u8]) -> (String, Vec<Event>) {
+    let now = Instant::now();
+    let mut s = Connection::server(Config::default(), now);
+    s.handle_bytes(now, request);
+    let out = String::from_utf8_lossy(&drain_output(&mut s)).into_owned();
+    (out, events(&mut s))
+}
+
+fn status_of(request: &str) -> (u16, String) {
+    let (out, evs) = server_answer(request.as_bytes());
+    let status = out.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let closed = expect_closed(&evs);
+    assert!(matches!(closed.error, Some(ProtocolError::Handshake(_))), "{closed:?}");
+    (status, out)
+}
+
+#[test]
+fn server_accepts_the_rfc_example_and_computes_the_accept_key() {
+    let now = Instant::now();
+    let mut s = Connection::server(Config::default(), now);
+    s.handle_bytes(now, REQUEST.as_bytes());
+    let Some(Event::Request(req)) = s.poll_event() else { panic!() };
+    assert_eq!(req.path(), "/chat");
+    assert_eq!(req.query(), Some("room=1"));
+    assert_eq!(req.host(), Some("server.example.com"));
+    assert_eq!(req.origin(), Some("http://example.com"));
+    assert_eq!(req.protocols().collect::<Vec<_>>(), ["chat", "superchat"]);
+    assert_eq!(s.state(), State::Connecting);
+    s.accept(now, Accept::new().protocol("chat").header("X-Server", "rfc6455")).unwrap();
+    let out = String::from_utf8(drain_output(&mut s)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{out}");
+    assert!(out.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{out}");
+    assert!(out.contains("Sec-WebSocket-Protocol: chat\r\n"));
+    assert!(out.contains("X-Server: rfc6455\r\n"));
+    assert!(out.ends_with("\r\n\r\n"));
+    assert_eq!(
+        s.poll_event(),
+        Some(Event::Open {
+            protocol: Some("chat".into())
+        })
+    );
+    assert_eq!(s.state(), State::Open);
+}
+
+#[test]
+fn server_refuses_a_subprotocol_that_was_not_offered() {
+    let now = Instant::now();
+    let mut s = Connection::server(Config::default(), now);
+    s.handle_bytes(now, REQUEST.as_bytes());
+    s.poll_event();
+    assert!(matches!(
+        s.accept(now, Accept::new().protocol("mqtt")),
+        Err(Error::InvalidHeader(_))
+    ));
+    assert!(matches!(
+        s.accept(now, Accept::new().header("X-Bad", "a\r\nb")),
+        Err(Error::InvalidHeader(_))
+    ));
+    assert_eq!(s.state(), State::Connecting);
+}
+
+#[test]
+fn request_trickled_one_byte_at_a_time_with_a_pipelined_frame() {
+    let now = Instant::now();
+    let mut s = Connection::server(Config::default(), now);
+    let mut bytes = REQUEST.as_bytes().to_vec();
+    bytes.extend_from_slice(&client_frame(true, rfc6455::OpCode::Text, b"early"));
+    for b in &bytes {
+        s.handle_bytes(now, std::slice::from_ref(b));
+    }
+    assert!(matches!(s.poll_event(), Some(Event::Request(_))));
+    s.accept(now, Accept::new()).unwrap();
+    assert!(matches!(s.poll_event(), Some(Event::Open { .. })));
+    assert_eq!(s.poll_event(), Some(Event::Text("early".into())));
+}
+
+#[test]
+fn bad_requests_get_the_right_status() {
+    let ok = REQUEST;
+    let cases: Vec<(String, u16)> = vec![
+        (ok.replace("Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 8"), 426),
+        (ok.replace("Sec-WebSocket-Version: 13\r\n", ""), 426),
+        (ok.replace("GET ", "POST "), 405),
+        (ok.replace("HTTP/1.1", "HTTP/1.0"), 505),
+        (ok.replace("Host: server.example.com\r\n", ""), 400),
+        (ok.replace("Upgrade: websocket", "Upgrade: h2c"), 400),
+        (ok.replace("Connection: Upgrade", "Connection: keep-alive"), 400),
+        (ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400),
+        (
+            ok.replace(
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                "dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ),
+            400,
+        ),
+        (ok.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), 400),
+        ("GARBAGE\0\r\n\r\n".to_owned(), 400),
+    ];
+    for (req, want) in cases {
+        let (status, out) = status_of(&req);
+        assert_eq!(status, want, "{req:?} -> {out}");
+        if want == 426 {
+            assert!(out.contains("Sec-WebSocket-Version: 13\r\n"), "{out}");
+        }
+    }
+}
+
+#[test]
+fn token_lists_are_case_insensitive() {
+    let req = REQUEST
+        .replace("Upgrade: websocket", "Upgrade: WebSocket")
+        .replace("Connection: Upgrade", "Connection: keep-alive, UPGRADE");
+    let (out, evs) = server_answer(req.as_bytes());
+    assert!(out.is_empty());
+    assert!(matches!(evs.first(), Some(Event::Request(_))));
+}
+
+#[test]
+fn too_many_headers_and_too_large_heads_get_431() {
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
+    for i in 0..100 {
+        many.push_str(&format!("X-{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(status_of(&many).0, 431);
+
+    let long = format!("GET / HTTP/1.1\r\nHost: h\r\nX-Long: {}\r\n\r\n", "a".repeat(100_000));
+    assert_eq!(status_of(&long).0, 431);
+    // Never finished, but over the limit: 431 as soon as the limit is passed.
+    let (out, _) = server_answer(&vec![b'a'; 9000]);
+    assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+}
+
+#[test]
+fn handshake_timeout_answers_408_and_closes() {
+    let now = Instant::now();
+    let mut s = Connection::server(Config::default(), now);
+    s.handle_bytes(now, b"GET / HTTP/1.1\r\n");
+    let deadline = s.poll_timeout().unwrap();
+    assert_eq!(deadline, now + Duration::from_secs(10));
+    s.handle_timeout(now + Duration::from_secs(9));
+    assert!(s.poll_event().is_none());
+    s.handle_timeout(deadline);
+    let out = String::from_utf8(drain_output(&mut s)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    let closed = expect_closed(&events(&mut s));
+    assert_eq!(closed.error, Some(ProtocolError::Handshake(HandshakeError::Timeout)));
+}
+
+#[test]
+fn reject_answers_with_status_and_body() {
+    let now = Instant::now();
+    let mut s = Connection::server(Config::default(), now);
+    s.handle_bytes(now, REQUEST.as_bytes());
+    s.poll_event();
+    s.reject(403, &[("X-Why".into(), "origin".into())], b"forbidden").unwrap();
+    let out = String::from_utf8(drain_output(&mut s)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{out}");
+    assert!(out.contains("X-Why: origin\r\n") && out.contains("Content-Length: 9\r\n") && out.ends_with("forbidden"));
+    assert!(matches!(s.poll_event(), Some(Event::Closed(_))));
+    assert_eq!(s.state(), State::Closed);
+}
+
+fn client_against(response: impl FnOnce(&str) -> String) -> (Connection, Vec<Event>) {
+    let now = Instant::now();
+    let req = ClientRequest::new("ws://127.0.0.1:9001/lobby?x=1")
+        .unwrap()
+        .protocol("chat")
+        .unwrap()
+        .origin("http://o.example")
+        .unwrap();
+    let mut c = Connection::client(Config::default(), &req, now).unwrap();
+    let request = String::from_utf8(drain_output(&mut c)).unwrap();
+    assert!(
+        request.starts_with("GET /lobby?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n"),
+        "{request}"
+    );
+    assert!(request.contains("Sec-WebSocket-Protocol: chat\r\n") && request.contains("Origin: http://o.example\r\n"));
+    let key = request.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap();
+    let accept = rfc6455::proto::handshake::accept_key(key.as_bytes());
+    c.handle_bytes(now, response(&accept).as_bytes());
+    let evs = events(&mut c);
+    (c, evs)
+}
+
+#[test]
+fn client_validates_the_response() {
+    let good = |a: &str| {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {a}\r\nSec-WebSocket-Protocol: chat\r\n\r\n"
+        )
+    };
+    let (c, evs) = client_against(good);
+    assert_eq!(
+        evs,
+        vec![Event::Open {
+            protocol: Some("chat".into())
+        }]
+    );
+    assert_eq!(c.response().unwrap().status, 101);
+
+    let (_, evs) = client_against(|_| "HTTP/1.1 302 Found\r\nLocation: ws://elsewhere/\r\n\r\n".into());
+    match expect_closed(&evs).error {
+        Some(ProtocolError::Handshake(HandshakeError::Status { status: 302, headers })) => {
+            assert!(headers.iter().any(|(n, v)| n == "Location" && v == b"ws://elsewhere/"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, evs) = client_against(|_| good("AAAAAAAAAAAAAAAAAAAAAAAAAAA="));
+    assert_eq!(expect_closed(&evs).error, Some(ProtocolError::Handshake(HandshakeError::BadAccept)));
+    let (_, evs) = client_against(|a| good(a).replace("chat\r\n", "mqtt\r\n"));
+    assert_eq!(
+        expect_closed(&evs).error,
+        Some(ProtocolError::Handshake(HandshakeError::UnexpectedProtocol("mqtt".into())))
+    );
+    let (_, evs) = client_against(|a| good(a).replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
+    assert!(matches!(
+        expect_closed(&evs).error,
+        Some(ProtocolError::Handshake(HandshakeError::UnexpectedExtension(_)))
+    ));
+    let (_, evs) = client_against(|a| good(a).replace("Upgrade: websocket\r\n", ""));
+    assert_eq!(
+        expect_closed(&evs).error,
+        Some(ProtocolError::Handshake(HandshakeError::BadHeader("Upgrade")))
+    );
+}
+
+#[test]
+fn client_keeps_a_frame_that_arrives_with_the_response() {
+    let now = Instant::now();
+    let req = ClientRequest::new("ws://h/").unwrap();
+    let mut c = Connection::client(Config::default(), &req, now).unwrap();
+    let request = String::from_utf8(drain_output(&mut c)).unwrap();
+    let key = request.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap();
+    let accept = rfc6455::proto::handshake::accept_key(key.as_bytes());
+    let mut bytes =
+        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+            .into_bytes();
+    bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+    c.handle_bytes(now, &bytes);
+    assert_eq!(events(&mut c), vec![Event::Open { protocol: None }, Event::Text("hi".into())]);
+}
+
+#[test]
+fn wss_is_reported_as_needing_tls() {
+    let req = ClientRequest::new("wss://example.com/").unwrap();
+    assert!(req.url().secure);
+    assert_eq!(
+        Connection::client(Config::default(), &req, Instant::now()).unwrap_err(),
+        Error::TlsUnsupported
+    );
+}
