@@ -204,11 +204,10 @@ mod tests {
         let (h, n) = decode_header(&bytes).unwrap().unwrap();
         assert_eq!((h.payload_len, n), (65536, 10));
         let mut hdr = [0u8; MAX_HEADER_LEN];
-        assert_eq!(&hdr[..encode_header(&mut hdr, true, OpCode::Binary, None, 65536)], &bytes);
-        assert_eq!(
-            &hdr[..encode_header(&mut hdr, true, OpCode::Binary, None, 256)],
-            &[0x82, 0x7E, 0x01, 0x00]
-        );
+        let n = encode_header(&mut hdr, true, OpCode::Binary, None, 65536);
+        assert_eq!(&hdr[..n], &bytes);
+        let n = encode_header(&mut hdr, true, OpCode::Binary, None, 256);
+        assert_eq!(&hdr[..n], &[0x82, 0x7E, 0x01, 0x00]);
     }
 
     #[test]
