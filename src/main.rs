@@ -1,1 +1,329 @@
-fn main() {}
+//! The `rfc6455` command line: argument parsing only; the work is in `rfc6455::net`.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use log::{error, info};
+use rfc6455::net::{Client, ClientError, ClientOptions, Echo, Handler, Relay, Server, ServerConfig};
+use rfc6455::{CloseCode, Config, Event, MessageKind};
+
+#[derive(Parser)]
+#[command(name = "rfc6455", version, about = "WebSocket (RFC 6455) relay, echo server and client")]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat relay: every message goes to all other clients in the same room (the URL path).
+    Relay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Echo server: every message goes back to its sender.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9002")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Client: sends each stdin line as a message, prints each message received on a line.
+    Client {
+        /// Server URL, e.g. ws://127.0.0.1:9001/lobby
+        url: String,
+        /// Send lines as binary messages instead of text.
+        #[arg(long)]
+        binary: bool,
+        /// Subprotocol to offer (repeatable).
+        #[arg(long = "protocol")]
+        protocols: Vec<String>,
+        /// Extra request header "Name: value" (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Origin header to send.
+        #[arg(long)]
+        origin: Option<String>,
+        /// Send a ping every N seconds and print the round-trip time to stderr.
+        #[arg(long, value_name = "SECS")]
+        ping_interval: Option<u64>,
+        /// Largest message accepted, in bytes.
+        #[arg(long, default_value_t = 16 << 20)]
+        max_message_size: usize,
+    },
+    /// Runs the Autobahn|Testsuite client cases against a `wstest -m fuzzingserver`.
+    #[command(hide = true)]
+    AutobahnClient {
+        /// The fuzzing server's URL.
+        #[arg(long, default_value = "ws://127.0.0.1:9001")]
+        url: String,
+        /// Agent name in the reports.
+        #[arg(long, default_value = "rfc6455")]
+        agent: String,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Largest message accepted, in bytes (larger ones are closed with 1009).
+    #[arg(long, default_value_t = 16 << 20)]
+    max_message_size: usize,
+    /// Most simultaneous connections; more are refused with 503.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Ping every client every N seconds; drop those that do not answer in time.
+    #[arg(long, value_name = "SECS")]
+    keepalive: Option<u64>,
+    /// Drop clients that send nothing for N seconds.
+    #[arg(long, value_name = "SECS")]
+    idle_timeout: Option<u64>,
+    /// Accept only these Origin values (repeatable); others get 403.
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
+    /// Outgoing bytes queued per client before it counts as a slow consumer (closed with 1008).
+    #[arg(long, default_value_t = 8 << 20)]
+    high_water_mark: usize,
+    /// Size of the shared read buffer, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    read_buffer_size: usize,
+}
+
+impl ServerArgs {
+    fn config(&self) -> ServerConfig {
+        let keepalive = self.keepalive.map(Duration::from_secs);
+        ServerConfig {
+            protocol: Config {
+                max_message_size: self.max_message_size,
+                max_frame_size: self.max_message_size,
+                ping_interval: keepalive,
+                pong_timeout: keepalive.map_or(Duration::from_secs(20), |k| k.max(Duration::from_secs(1))),
+                idle_timeout: self.idle_timeout.map(Duration::from_secs),
+                ..Config::default()
+            },
+            max_connections: self.max_connections,
+            allowed_origins: (!self.allow_origins.is_empty()).then(|| self.allow_origins.clone()),
+            high_water_mark: self.high_water_mark,
+            read_buffer_size: self.read_buffer_size,
+            ..ServerConfig::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::new().parse_filters(&cli.log).parse_default_env().format_timestamp_millis().init();
+    match cli.command {
+        Command::Relay { listen, server } => serve(listen, server.config(), Relay::new(), "relay"),
+        Command::Echo { listen, server } => serve(listen, server.config(), Echo, "echo"),
+        Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size } => {
+            let mut opts = ClientOptions {
+                config: Config { max_message_size, max_frame_size: max_message_size, ..Config::default() },
+                protocols,
+                origin,
+                ..ClientOptions::default()
+            };
+            for h in headers {
+                let Some((n, v)) = h.split_once(':') else {
+                    eprintln!("error: --header must look like 'Name: value', got {h:?}");
+                    return ExitCode::from(2);
+                };
+                opts.headers.push((n.trim().to_owned(), v.trim().to_owned()));
+            }
+            run_client(&url, opts, binary, ping_interval.map(Duration::from_secs))
+        }
+        Command::AutobahnClient { url, agent } => autobahn_client(&url, &agent),
+    }
+}
+
+fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &str) -> ExitCode {
+    let mut server = match Server::bind(listen, cfg, handler) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = server.shutdown_handle();
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                for sig in signals.forever() {
+                    seen += 1;
+                    if seen > 1 {
+                        eprintln!("second signal: exiting now");
+                        std::process::exit(128 + sig);
+                    }
+                    handle.shutdown();
+                }
+            });
+        }
+        Err(e) => error!("cannot install signal handlers: {e}"),
+    }
+    info!("{what} listening on ws://{}", server.local_addr());
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("server failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_client(url: &str, mut opts: ClientOptions, binary: bool, ping_interval: Option<Duration>) -> ExitCode {
+    opts.config.ping_interval = ping_interval;
+    let mut client = match Client::connect(url, opts) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot connect to {url}: {e}");
+            if let ClientError::Closed(c) = &e {
+                if let Some(rfc6455::ProtocolError::Handshake(rfc6455::HandshakeError::Status { status, .. })) = &c.error {
+                    eprintln!("server answered HTTP {status}");
+                }
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("connected to {url} ({})", client.peer_addr());
+    let (tx, rx) = mpsc::channel::<Option<String>>();
+    let waker = client.waker();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(Some(line)).is_err() {
+                return;
+            }
+            let _ = waker.wake();
+        }
+        let _ = tx.send(None);
+        let _ = waker.wake();
+    });
+    let stdout = std::io::stdout();
+    let mut closing = false;
+    loop {
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Some(line) if !closing => {
+                    let kind = if binary { MessageKind::Binary } else { MessageKind::Text };
+                    if let Err(e) = client.send(kind, line.as_bytes()) {
+                        eprintln!("error: cannot send: {e}");
+                    }
+                }
+                Some(_) => {}
+                None if !closing => {
+                    closing = true;
+                    let _ = client.close(CloseCode::NORMAL, "");
+                }
+                None => {}
+            }
+        }
+        match client.next_event(None) {
+            Ok(Some(Event::Text(t))) => {
+                let mut out = stdout.lock();
+                let _ = writeln!(out, "{t}");
+                let _ = out.flush();
+            }
+            Ok(Some(Event::Binary(b))) => {
+                let mut out = stdout.lock();
+                let _ = out.write_all(&b);
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            }
+            Ok(Some(Event::Pong { rtt: Some(rtt), .. })) => eprintln!("pong: round trip {:.3} ms", rtt.as_secs_f64() * 1e3),
+            Ok(Some(Event::Closed(c))) => {
+                eprintln!("closed: {} {:?}{}", c.code(), c.reason(), c.error.as_ref().map_or(String::new(), |e| format!(" ({e})")));
+                let normal = matches!(c.code(), CloseCode::NORMAL | CloseCode::GOING_AWAY | CloseCode::NO_STATUS) && c.error.is_none();
+                return if normal { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+}
+
+/// The Autobahn client runner: asks for the case count, runs each case echoing every
+/// message back, then asks the server to write its reports.
+fn autobahn_client(base: &str, agent: &str) -> ExitCode {
+    let opts = || ClientOptions {
+        config: Config { max_message_size: 64 << 20, max_frame_size: 64 << 20, ..Config::default() },
+        connect_timeout: Duration::from_secs(30),
+        ..ClientOptions::default()
+    };
+    let base = base.trim_end_matches('/');
+    let count = match Client::connect(&format!("{base}/getCaseCount"), opts()) {
+        Ok(mut c) => {
+            let mut n = None;
+            while let Ok(Some(ev)) = c.next_event(Some(Duration::from_secs(30))) {
+                match ev {
+                    Event::Text(t) => n = t.trim().parse::<u32>().ok(),
+                    Event::Closed(_) => break,
+                    _ => {}
+                }
+            }
+            match n {
+                Some(n) => n,
+                None => {
+                    eprintln!("error: no case count from {base}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach the fuzzing server at {base}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("running {count} cases");
+    for case in 1..=count {
+        let url = format!("{base}/runCase?case={case}&agent={agent}");
+        let mut c = match Client::connect(&url, opts()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("case {case}: connect failed: {e}");
+                continue;
+            }
+        };
+        loop {
+            match c.next_event(Some(Duration::from_secs(60))) {
+                Ok(Some(Event::Text(t))) => {
+                    let _ = c.send_text(&t);
+                }
+                Ok(Some(Event::Binary(b))) => {
+                    let _ = c.send_binary(&b);
+                }
+                Ok(Some(Event::Closed(_))) | Err(_) => break,
+                Ok(None) if c.state() == rfc6455::State::Closed => break,
+                Ok(_) => {}
+            }
+        }
+    }
+    match Client::connect(&format!("{base}/updateReports?agent={agent}"), opts()) {
+        Ok(mut c) => {
+            let _ = c.close(CloseCode::NORMAL, "");
+            while let Ok(Some(ev)) = c.next_event(Some(Duration::from_secs(30))) {
+                if matches!(ev, Event::Closed(_)) {
+                    break;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot update reports: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -17,18 +17,8 @@ fn client_initiated_close() {
     // The server replied and is done: it closes TCP first (§7.1.1).
     let s = expect_closed(&p.server_events);
     assert_eq!(s.initiator, Side::Remote);
-    assert_eq!(
-        s.received,
-        Some(CloseFrame {
-            code: CloseCode::NORMAL,
-            reason: "bye".into()
-        })
-    );
-    assert_eq!(
-        s.sent.as_ref().map(|f| f.code),
-        Some(CloseCode::NORMAL),
-        "the server echoes the code"
-    );
+    assert_eq!(s.received, Some(CloseFrame { code: CloseCode::NORMAL, reason: "bye".into() }));
+    assert_eq!(s.sent.as_ref().map(|f| f.code), Some(CloseCode::NORMAL), "the server echoes the code");
     assert!(s.clean);
     // The client got the reply but waits for the server's TCP close.
     assert!(p.client_events.is_empty(), "{:?}", p.client_events);
@@ -52,10 +42,7 @@ fn server_initiated_close() {
     assert_eq!(s.initiator, Side::Local);
     p.client.handle_eof(p.now);
     let c = expect_closed(&events(&mut p.client));
-    assert_eq!(
-        (c.code(), c.reason(), c.initiator),
-        (CloseCode::GOING_AWAY, "restart", Side::Remote)
-    );
+    assert_eq!((c.code(), c.reason(), c.initiator), (CloseCode::GOING_AWAY, "restart", Side::Remote));
 }
 
 #[test]
@@ -99,10 +86,7 @@ fn eof_without_close_is_abnormal() {
     let mut p = Pair::default_open();
     p.server.handle_eof(p.now);
     let s = expect_closed(&events(&mut p.server));
-    assert_eq!(
-        (s.code(), s.clean, s.initiator, s.error),
-        (CloseCode::ABNORMAL, false, Side::Remote, None)
-    );
+    assert_eq!((s.code(), s.clean, s.initiator, s.error), (CloseCode::ABNORMAL, false, Side::Remote, None));
 }
 
 #[test]
@@ -142,11 +126,7 @@ fn ping_pong_reports_round_trip_time() {
 
 #[test]
 fn keepalive_pings_and_drops_a_silent_peer() {
-    let cfg = Config {
-        ping_interval: Some(Duration::from_secs(10)),
-        pong_timeout: Duration::from_secs(3),
-        ..Config::default()
-    };
+    let cfg = Config { ping_interval: Some(Duration::from_secs(10)), pong_timeout: Duration::from_secs(3), ..Config::default() };
     let mut p = Pair::open(cfg, Config::default());
     assert_eq!(p.client.poll_timeout(), Some(p.now + Duration::from_secs(10)));
     p.advance(Duration::from_secs(10));
@@ -166,10 +146,7 @@ fn keepalive_pings_and_drops_a_silent_peer() {
 
 #[test]
 fn idle_timeout_drops_a_silent_peer() {
-    let cfg = Config {
-        idle_timeout: Some(Duration::from_secs(30)),
-        ..Config::default()
-    };
+    let cfg = Config { idle_timeout: Some(Duration::from_secs(30)), ..Config::default() };
     let (mut s, now) = open_server(cfg);
     s.handle_bytes(now + Duration::from_secs(20), &client_frame(true, OpCode::Ping, b""));
     s.handle_timeout(now + Duration::from_secs(30));

@@ -25,10 +25,7 @@ fn rfc_5_7_single_frame_masked_text_to_a_server() {
 fn rfc_5_7_client_sends_masked_hello() {
     let (mut c, _) = open_client(Config::default());
     c.send_text("Hello").unwrap();
-    assert_eq!(
-        drain_output(&mut c),
-        [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]
-    );
+    assert_eq!(drain_output(&mut c), [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
 }
 
 #[test]
@@ -42,25 +39,14 @@ fn rfc_5_7_fragmented_unmasked_text() {
 
 #[test]
 fn rfc_5_7_fragments_as_frame_events() {
-    let cfg = Config {
-        delivery: Delivery::Frames,
-        ..Config::default()
-    };
+    let cfg = Config { delivery: Delivery::Frames, ..Config::default() };
     let (mut c, now) = open_client(cfg);
     c.handle_bytes(now, &[0x01, 0x03, 0x48, 0x65, 0x6c, 0x80, 0x02, 0x6c, 0x6f]);
     assert_eq!(
         events(&mut c),
         vec![
-            Event::Frame {
-                kind: MessageKind::Text,
-                data: b"Hel".to_vec(),
-                fin: false
-            },
-            Event::Frame {
-                kind: MessageKind::Text,
-                data: b"lo".to_vec(),
-                fin: true
-            },
+            Event::Frame { kind: MessageKind::Text, data: b"Hel".to_vec(), fin: false },
+            Event::Frame { kind: MessageKind::Text, data: b"lo".to_vec(), fin: true },
         ]
     );
 }
@@ -134,14 +120,8 @@ fn failure_rules_send_1002() {
         (raw_frame(0x81, false, b"x"), UnmaskedFrame),
         (raw_frame(0x09, true, b"x"), FragmentedControlFrame),
         (raw_frame(0x80, true, b"x"), UnexpectedContinuation),
-        (
-            [raw_frame(0x01, true, b"a"), raw_frame(0x81, true, b"b")].concat(),
-            ExpectedContinuation,
-        ),
-        (
-            [raw_frame(0x02, true, b"a"), raw_frame(0x82, true, b"b")].concat(),
-            ExpectedContinuation,
-        ),
+        ([raw_frame(0x01, true, b"a"), raw_frame(0x81, true, b"b")].concat(), ExpectedContinuation),
+        ([raw_frame(0x02, true, b"a"), raw_frame(0x82, true, b"b")].concat(), ExpectedContinuation),
         (raw_frame(0x88, true, b"\x03"), InvalidClosePayload),
         (raw_frame(0x88, true, &999u16.to_be_bytes()), InvalidCloseCode(999)),
         (raw_frame(0x88, true, &1005u16.to_be_bytes()), InvalidCloseCode(1005)),
@@ -154,16 +134,10 @@ fn failure_rules_send_1002() {
     // A control frame over 125 bytes.
     let mut big_ping = vec![0x89, 0xFE, 0x00, 0x7E, 1, 2, 3, 4];
     big_ping.extend(vec![0u8; 126]);
-    assert_eq!(
-        server_fails_with(&big_ping, Config::default()),
-        (CloseCode::PROTOCOL_ERROR, ControlFrameTooLong(126))
-    );
+    assert_eq!(server_fails_with(&big_ping, Config::default()), (CloseCode::PROTOCOL_ERROR, ControlFrameTooLong(126)));
     // A 64-bit length with the top bit set: 2^64-1, then nothing.
     let bytes = [0x82, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4];
-    assert_eq!(
-        server_fails_with(&bytes, Config::default()),
-        (CloseCode::PROTOCOL_ERROR, InvalidLength)
-    );
+    assert_eq!(server_fails_with(&bytes, Config::default()), (CloseCode::PROTOCOL_ERROR, InvalidLength));
 }
 
 #[test]
@@ -202,14 +176,7 @@ fn invalid_utf8_split_across_fragments_and_truncated_at_the_end() {
     // A code point split across two frames is fine.
     let (mut s, now) = open_server(Config::default());
     let euro = "€".as_bytes();
-    s.handle_bytes(
-        now,
-        &[
-            client_frame(false, OpCode::Text, &euro[..1]),
-            client_frame(true, OpCode::Continuation, &euro[1..]),
-        ]
-        .concat(),
-    );
+    s.handle_bytes(now, &[client_frame(false, OpCode::Text, &euro[..1]), client_frame(true, OpCode::Continuation, &euro[1..])].concat());
     assert_eq!(s.poll_event(), Some(Event::Text("€".into())));
     // A message that ends inside a code point is 1007.
     let (code, err) = server_fails_with(&client_frame(true, OpCode::Text, &euro[..2]), Config::default());
@@ -223,36 +190,21 @@ fn invalid_utf8_split_across_fragments_and_truncated_at_the_end() {
 
 #[test]
 fn size_limits_send_1009_before_any_payload() {
-    let cfg = Config {
-        max_message_size: 1000,
-        max_frame_size: 600,
-        ..Config::default()
-    };
+    let cfg = Config { max_message_size: 1000, max_frame_size: 600, ..Config::default() };
     // One frame over the frame limit: only its header has arrived.
     let mut hdr = client_frame(true, OpCode::Binary, &[0u8; 601]);
     hdr.truncate(8);
     let (code, err) = server_fails_with(&hdr, cfg.clone());
     assert_eq!((code, err), (CloseCode::MESSAGE_TOO_BIG, ProtocolError::FrameTooBig { limit: 600 }));
     // Fragments adding up past the message limit.
-    let bytes = [
-        client_frame(false, OpCode::Binary, &[0u8; 500]),
-        client_frame(true, OpCode::Continuation, &[0u8; 501]),
-    ]
-    .concat();
+    let bytes = [client_frame(false, OpCode::Binary, &[0u8; 500]), client_frame(true, OpCode::Continuation, &[0u8; 501])].concat();
     let (code, err) = server_fails_with(&bytes, cfg.clone());
-    assert_eq!(
-        (code, err),
-        (CloseCode::MESSAGE_TOO_BIG, ProtocolError::MessageTooBig { limit: 1000 })
-    );
+    assert_eq!((code, err), (CloseCode::MESSAGE_TOO_BIG, ProtocolError::MessageTooBig { limit: 1000 }));
     // Exactly at the limit is fine.
     let (mut s, now) = open_server(cfg);
     s.handle_bytes(
         now,
-        &[
-            client_frame(false, OpCode::Binary, &[7u8; 500]),
-            client_frame(true, OpCode::Continuation, &[7u8; 500]),
-        ]
-        .concat(),
+        &[client_frame(false, OpCode::Binary, &[7u8; 500]), client_frame(true, OpCode::Continuation, &[7u8; 500])].concat(),
     );
     assert_eq!(s.poll_event(), Some(Event::Binary(vec![7u8; 1000])));
 }
@@ -283,16 +235,10 @@ fn commands_check_their_arguments() {
     let (mut s, now) = open_server(Config::default());
     assert_eq!(s.ping(now, &[0; 126]), Err(rfc6455::Error::ControlPayloadTooLong(126)));
     assert_eq!(s.close(now, CloseCode(1005), ""), Err(rfc6455::Error::InvalidCloseCode(1005)));
-    assert_eq!(
-        s.close(now, CloseCode::NORMAL, &"x".repeat(124)),
-        Err(rfc6455::Error::CloseReasonTooLong(124))
-    );
+    assert_eq!(s.close(now, CloseCode::NORMAL, &"x".repeat(124)), Err(rfc6455::Error::CloseReasonTooLong(124)));
     s.send_fragment(MessageKind::Text, b"a", false).unwrap();
     assert_eq!(s.send_text("b"), Err(rfc6455::Error::FragmentSequence));
-    assert_eq!(
-        s.send_fragment(MessageKind::Binary, b"b", true),
-        Err(rfc6455::Error::FragmentSequence)
-    );
+    assert_eq!(s.send_fragment(MessageKind::Binary, b"b", true), Err(rfc6455::Error::FragmentSequence));
     s.ping(now, b"mid").unwrap();
     s.send_fragment(MessageKind::Text, b"b", true).unwrap();
     let frames = parse_frames(&drain_output(&mut s));
@@ -300,4 +246,33 @@ fn commands_check_their_arguments() {
     assert_eq!(ops, vec![(false, OpCode::Text), (true, OpCode::Ping), (true, OpCode::Continuation)]);
     s.close(now, CloseCode::NORMAL, "bye").unwrap();
     assert!(matches!(s.send_text("x"), Err(rfc6455::Error::InvalidState(_))));
+}
+
+#[test]
+fn answers_to_events_before_a_failure_go_out_before_the_close_frame() {
+    // A good message and a bad frame in one read: the echo of the good message is
+    // written before the 1002 close frame (Autobahn 3.2, 4.1.3 ...).
+    let (mut s, now) = open_server(Config::default());
+    s.handle_bytes(now, &[client_frame(true, OpCode::Text, b"ok"), raw_frame(0xC1, true, b"x")].concat());
+    let Some(Event::Text(t)) = s.poll_event() else { panic!() };
+    s.send_text(&t).unwrap();
+    expect_closed(&events(&mut s));
+    assert!(s.send_text("too late").is_err());
+    let frames = parse_frames(&drain_output(&mut s));
+    assert_eq!(frames[0], (true, OpCode::Text, b"ok".to_vec()));
+    assert_eq!(frames[1].1, OpCode::Close);
+    assert_eq!(close_code_of(&frames[1].2), Some(CloseCode::PROTOCOL_ERROR));
+    assert_eq!(frames.len(), 2);
+}
+
+#[test]
+fn answers_to_events_before_a_close_go_out_before_the_close_reply() {
+    let (mut s, now) = open_server(Config::default());
+    s.handle_bytes(now, &[client_frame(true, OpCode::Binary, b"last"), client_frame(true, OpCode::Close, &[0x03, 0xe8])].concat());
+    let Some(Event::Binary(b)) = s.poll_event() else { panic!() };
+    s.send_binary(&b).unwrap();
+    let closed = expect_closed(&events(&mut s));
+    assert!(closed.clean);
+    let frames = parse_frames(&drain_output(&mut s));
+    assert_eq!(frames.iter().map(|f| f.1).collect::<Vec<_>>(), vec![OpCode::Binary, OpCode::Close]);
 }

@@ -42,12 +42,7 @@ fn server_accepts_the_rfc_example_and_computes_the_accept_key() {
     assert!(out.contains("Sec-WebSocket-Protocol: chat\r\n"));
     assert!(out.contains("X-Server: rfc6455\r\n"));
     assert!(out.ends_with("\r\n\r\n"));
-    assert_eq!(
-        s.poll_event(),
-        Some(Event::Open {
-            protocol: Some("chat".into())
-        })
-    );
+    assert_eq!(s.poll_event(), Some(Event::Open { protocol: Some("chat".into()) }));
     assert_eq!(s.state(), State::Open);
 }
 
@@ -57,14 +52,8 @@ fn server_refuses_a_subprotocol_that_was_not_offered() {
     let mut s = Connection::server(Config::default(), now);
     s.handle_bytes(now, REQUEST.as_bytes());
     s.poll_event();
-    assert!(matches!(
-        s.accept(now, Accept::new().protocol("mqtt")),
-        Err(Error::InvalidHeader(_))
-    ));
-    assert!(matches!(
-        s.accept(now, Accept::new().header("X-Bad", "a\r\nb")),
-        Err(Error::InvalidHeader(_))
-    ));
+    assert!(matches!(s.accept(now, Accept::new().protocol("mqtt")), Err(Error::InvalidHeader(_))));
+    assert!(matches!(s.accept(now, Accept::new().header("X-Bad", "a\r\nb")), Err(Error::InvalidHeader(_))));
     assert_eq!(s.state(), State::Connecting);
 }
 
@@ -95,13 +84,7 @@ fn bad_requests_get_the_right_status() {
         (ok.replace("Upgrade: websocket", "Upgrade: h2c"), 400),
         (ok.replace("Connection: Upgrade", "Connection: keep-alive"), 400),
         (ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400),
-        (
-            ok.replace(
-                "dGhlIHNhbXBsZSBub25jZQ==",
-                "dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-            ),
-            400,
-        ),
+        (ok.replace("dGhlIHNhbXBsZSBub25jZQ==", "dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="), 400),
         (ok.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), 400),
         ("GARBAGE\0\r\n\r\n".to_owned(), 400),
     ];
@@ -116,9 +99,7 @@ fn bad_requests_get_the_right_status() {
 
 #[test]
 fn token_lists_are_case_insensitive() {
-    let req = REQUEST
-        .replace("Upgrade: websocket", "Upgrade: WebSocket")
-        .replace("Connection: Upgrade", "Connection: keep-alive, UPGRADE");
+    let req = REQUEST.replace("Upgrade: websocket", "Upgrade: WebSocket").replace("Connection: Upgrade", "Connection: keep-alive, UPGRADE");
     let (out, evs) = server_answer(req.as_bytes());
     assert!(out.is_empty());
     assert!(matches!(evs.first(), Some(Event::Request(_))));
@@ -172,18 +153,10 @@ fn reject_answers_with_status_and_body() {
 
 fn client_against(response: impl FnOnce(&str) -> String) -> (Connection, Vec<Event>) {
     let now = Instant::now();
-    let req = ClientRequest::new("ws://127.0.0.1:9001/lobby?x=1")
-        .unwrap()
-        .protocol("chat")
-        .unwrap()
-        .origin("http://o.example")
-        .unwrap();
+    let req = ClientRequest::new("ws://127.0.0.1:9001/lobby?x=1").unwrap().protocol("chat").unwrap().origin("http://o.example").unwrap();
     let mut c = Connection::client(Config::default(), &req, now).unwrap();
     let request = String::from_utf8(drain_output(&mut c)).unwrap();
-    assert!(
-        request.starts_with("GET /lobby?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n"),
-        "{request}"
-    );
+    assert!(request.starts_with("GET /lobby?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n"), "{request}");
     assert!(request.contains("Sec-WebSocket-Protocol: chat\r\n") && request.contains("Origin: http://o.example\r\n"));
     let key = request.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap();
     let accept = rfc6455::proto::handshake::accept_key(key.as_bytes());
@@ -200,12 +173,7 @@ fn client_validates_the_response() {
         )
     };
     let (c, evs) = client_against(good);
-    assert_eq!(
-        evs,
-        vec![Event::Open {
-            protocol: Some("chat".into())
-        }]
-    );
+    assert_eq!(evs, vec![Event::Open { protocol: Some("chat".into()) }]);
     assert_eq!(c.response().unwrap().status, 101);
 
     let (_, evs) = client_against(|_| "HTTP/1.1 302 Found\r\nLocation: ws://elsewhere/\r\n\r\n".into());
@@ -218,20 +186,11 @@ fn client_validates_the_response() {
     let (_, evs) = client_against(|_| good("AAAAAAAAAAAAAAAAAAAAAAAAAAA="));
     assert_eq!(expect_closed(&evs).error, Some(ProtocolError::Handshake(HandshakeError::BadAccept)));
     let (_, evs) = client_against(|a| good(a).replace("chat\r\n", "mqtt\r\n"));
-    assert_eq!(
-        expect_closed(&evs).error,
-        Some(ProtocolError::Handshake(HandshakeError::UnexpectedProtocol("mqtt".into())))
-    );
+    assert_eq!(expect_closed(&evs).error, Some(ProtocolError::Handshake(HandshakeError::UnexpectedProtocol("mqtt".into()))));
     let (_, evs) = client_against(|a| good(a).replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
-    assert!(matches!(
-        expect_closed(&evs).error,
-        Some(ProtocolError::Handshake(HandshakeError::UnexpectedExtension(_)))
-    ));
+    assert!(matches!(expect_closed(&evs).error, Some(ProtocolError::Handshake(HandshakeError::UnexpectedExtension(_)))));
     let (_, evs) = client_against(|a| good(a).replace("Upgrade: websocket\r\n", ""));
-    assert_eq!(
-        expect_closed(&evs).error,
-        Some(ProtocolError::Handshake(HandshakeError::BadHeader("Upgrade")))
-    );
+    assert_eq!(expect_closed(&evs).error, Some(ProtocolError::Handshake(HandshakeError::BadHeader("Upgrade"))));
 }
 
 #[test]
@@ -254,8 +213,5 @@ fn client_keeps_a_frame_that_arrives_with_the_response() {
 fn wss_is_reported_as_needing_tls() {
     let req = ClientRequest::new("wss://example.com/").unwrap();
     assert!(req.url().secure);
-    assert_eq!(
-        Connection::client(Config::default(), &req, Instant::now()).unwrap_err(),
-        Error::TlsUnsupported
-    );
+    assert_eq!(Connection::client(Config::default(), &req, Instant::now()).unwrap_err(), Error::TlsUnsupported);
 }

@@ -103,10 +103,7 @@ impl Closed {
     /// The code that describes the closure (Qt's `closeCode()`): the peer's close code
     /// if it sent one, otherwise the one we sent, otherwise 1006 (abnormal).
     pub fn code(&self) -> CloseCode {
-        self.received
-            .as_ref()
-            .or(self.sent.as_ref())
-            .map_or(CloseCode::ABNORMAL, |f| f.code)
+        self.received.as_ref().or(self.sent.as_ref()).map_or(CloseCode::ABNORMAL, |f| f.code)
     }
 
     /// The reason that goes with [`Closed::code`] (Qt's `closeReason()`).
@@ -213,6 +210,14 @@ impl SharedFrame {
     }
 }
 
+/// An entry of the event queue: an event, or the point where a deferred close frame
+/// is written.
+#[derive(Debug)]
+enum Queued {
+    Event(Event),
+    WriteClose,
+}
+
 #[derive(Debug)]
 enum Phase {
     /// Server: reading the request head.
@@ -289,7 +294,10 @@ pub struct Connection {
     /// Kind of the fragmented message being sent, between its first and last frame.
     send_kind: Option<MessageKind>,
 
-    events: VecDeque<Event>,
+    events: VecDeque<Queued>,
+    /// A close frame is decided but waits in `events` behind earlier events, so that the
+    /// application's answers to those events go out before it; sending is still allowed.
+    close_pending: bool,
 
     // Closing.
     initiator: Option<Side>,
@@ -344,6 +352,7 @@ impl Connection {
             out: OutQueue::default(),
             send_kind: None,
             events: VecDeque::new(),
+            close_pending: false,
             initiator: None,
             close_sent: None,
             close_received: None,
@@ -387,10 +396,7 @@ impl Connection {
         let mut expected_accept = String::new();
         let mut out = OutQueue::default();
         out.write_with(|b| expected_accept = request.write(b, key));
-        let phase = Phase::ReadResponse {
-            expected_accept,
-            offered: request.protocols.clone(),
-        };
+        let phase = Phase::ReadResponse { expected_accept, offered: request.protocols.clone() };
         let mut conn = Self::new(Role::Client, config, phase, Some(masks), now);
         conn.out = out;
         Ok(conn)
@@ -508,8 +514,7 @@ impl Connection {
             return Err(Error::InvalidState("no pending request to reject"));
         }
         let mut result = Ok(());
-        self.out
-            .write_with(|b| result = handshake::write_rejection(b, status, headers, body));
+        self.out.write_with(|b| result = handshake::write_rejection(b, status, headers, body));
         result?;
         self.initiator = Some(Side::Local);
         self.finish();
@@ -598,7 +603,8 @@ impl Connection {
         }
         self.check_open()?;
         self.initiator = Some(Side::Local);
-        self.send_close(code, reason);
+        self.close_sent = Some(CloseFrame { code, reason: reason.to_owned() });
+        self.write_close(code, reason);
         self.phase = Phase::Closing;
         self.close_deadline = Some(now + self.config.close_timeout);
         Ok(())
@@ -607,6 +613,10 @@ impl Connection {
     /// Ends the connection at once (Qt's `abort()`): queued output is discarded, no
     /// close frame is sent, and [`Event::Closed`] follows.
     pub fn abort(&mut self) {
+        if self.close_pending {
+            self.close_pending = false;
+            self.events.retain(|q| matches!(q, Queued::Event(_)));
+        }
         if !matches!(self.phase, Phase::Closed) {
             self.out.clear();
             self.initiator.get_or_insert(Side::Local);
@@ -627,7 +637,17 @@ impl Connection {
 
     /// The next event, if any. Drain after every input or command.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        loop {
+            match self.events.pop_front()? {
+                Queued::Event(e) => return Some(e),
+                Queued::WriteClose => {
+                    self.close_pending = false;
+                    if let Some(f) = self.close_sent.clone() {
+                        self.write_close(f.code, &f.reason);
+                    }
+                }
+            }
+        }
     }
 
     /// The first contiguous run of bytes to write (empty when there is none).
@@ -732,8 +752,13 @@ impl Connection {
     fn check_open(&self) -> Result<(), Error> {
         match self.phase {
             Phase::Open => Ok(()),
+            _ if self.close_pending => Ok(()),
             _ => Err(Error::InvalidState("connection is not open")),
         }
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.events.push_back(Queued::Event(e));
     }
 
     /// Encodes one frame into the output, masked with a fresh key for clients (§5.3).
@@ -742,7 +767,19 @@ impl Connection {
         self.out.write_with(|b| encode_frame(b, fin, opcode, mask, payload));
     }
 
+    /// Sends a close frame: now, or, when events are waiting to be polled, right after
+    /// them (see `close_pending`).
     fn send_close(&mut self, code: CloseCode, reason: &str) {
+        self.close_sent = Some(CloseFrame { code, reason: reason.to_owned() });
+        if self.events.is_empty() {
+            self.write_close(code, reason);
+        } else {
+            self.close_pending = true;
+            self.events.push_back(Queued::WriteClose);
+        }
+    }
+
+    fn write_close(&mut self, code: CloseCode, reason: &str) {
         let mut payload = [0u8; 125];
         let n = if code == CloseCode::NO_STATUS {
             0
@@ -752,10 +789,6 @@ impl Connection {
             2 + reason.len()
         };
         self.write_frame(true, OpCode::Close, &payload[..n]);
-        self.close_sent = Some(CloseFrame {
-            code,
-            reason: reason.to_owned(),
-        });
     }
 
     fn open(&mut self, now: Instant) {
@@ -763,9 +796,7 @@ impl Connection {
         self.head.clear();
         self.handshake_deadline = None;
         self.next_ping = self.config.ping_interval.map(|i| now + i);
-        self.events.push_back(Event::Open {
-            protocol: self.protocol.clone(),
-        });
+        self.emit(Event::Open { protocol: self.protocol.clone() });
     }
 
     fn read_request(&mut self, now: Instant, data: &[u8]) {
@@ -778,7 +809,7 @@ impl Connection {
             Ok(req) => {
                 self.head.clear();
                 self.early.extend_from_slice(rest);
-                self.events.push_back(Event::Request(req.clone()));
+                self.emit(Event::Request(req.clone()));
                 self.phase = Phase::AwaitAccept(Box::new(req));
                 let _ = now;
             }
@@ -886,25 +917,14 @@ impl Connection {
             Sink::Skip
         } else {
             if h.opcode != OpCode::Continuation {
-                self.msg_kind = Some(if h.opcode == OpCode::Text {
-                    MessageKind::Text
-                } else {
-                    MessageKind::Binary
-                });
+                self.msg_kind = Some(if h.opcode == OpCode::Text { MessageKind::Text } else { MessageKind::Binary });
                 self.msg_len = 0;
                 self.utf8.reset();
             }
             self.msg_len += h.payload_len as usize;
             Sink::Data
         };
-        self.frame = Some(InFrame {
-            opcode: h.opcode,
-            fin: h.fin,
-            mask: h.mask,
-            mask_off: 0,
-            remaining: h.payload_len,
-            sink,
-        });
+        self.frame = Some(InFrame { opcode: h.opcode, fin: h.fin, mask: h.mask, mask_off: 0, remaining: h.payload_len, sink });
         if h.payload_len == 0 {
             self.on_frame_end(now);
         }
@@ -941,15 +961,11 @@ impl Connection {
             _ => {}
         }
         if h.payload_len > self.config.max_frame_size as u64 {
-            return Err(ProtocolError::FrameTooBig {
-                limit: self.config.max_frame_size,
-            });
+            return Err(ProtocolError::FrameTooBig { limit: self.config.max_frame_size });
         }
         let so_far = if h.opcode == OpCode::Continuation { self.msg_len as u64 } else { 0 };
         if so_far + h.payload_len > self.config.max_message_size as u64 {
-            return Err(ProtocolError::MessageTooBig {
-                limit: self.config.max_message_size,
-            });
+            return Err(ProtocolError::MessageTooBig { limit: self.config.max_message_size });
         }
         Ok(())
     }
@@ -998,11 +1014,7 @@ impl Connection {
                 match self.config.delivery {
                     Delivery::Frames => {
                         let data = self.take_msg();
-                        self.events.push_back(Event::Frame {
-                            kind,
-                            data,
-                            fin: frame.fin,
-                        });
+                        self.emit(Event::Frame { kind, data, fin: frame.fin });
                     }
                     Delivery::Messages if frame.fin => {
                         let data = self.take_msg();
@@ -1013,7 +1025,7 @@ impl Connection {
                                 Err(_) => return self.fail(now, ProtocolError::InvalidUtf8),
                             },
                         };
-                        self.events.push_back(event);
+                        self.emit(event);
                     }
                     Delivery::Messages => {}
                 }
@@ -1034,7 +1046,7 @@ impl Connection {
             // §5.5.2: answer with a pong carrying the same application data.
             self.write_frame(true, OpCode::Pong, &payload);
         }
-        self.events.push_back(Event::Ping(payload));
+        self.emit(Event::Ping(payload));
     }
 
     fn on_pong(&mut self, now: Instant, payload: ControlPayload) {
@@ -1047,16 +1059,13 @@ impl Connection {
         if rtt.is_some() {
             self.last_rtt = rtt;
         }
-        self.events.push_back(Event::Pong { payload, rtt });
+        self.emit(Event::Pong { payload, rtt });
     }
 
     fn on_close(&mut self, now: Instant, payload: &[u8]) {
         // §5.5.1: empty, or a 2-byte code followed by a UTF-8 reason.
         let received = match payload {
-            [] => CloseFrame {
-                code: CloseCode::NO_STATUS,
-                reason: String::new(),
-            },
+            [] => CloseFrame { code: CloseCode::NO_STATUS, reason: String::new() },
             [_] => return self.fail(now, ProtocolError::InvalidClosePayload),
             [hi, lo, reason @ ..] => {
                 let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
@@ -1064,10 +1073,7 @@ impl Connection {
                     return self.fail(now, ProtocolError::InvalidCloseCode(code.0));
                 }
                 match std::str::from_utf8(reason) {
-                    Ok(r) => CloseFrame {
-                        code,
-                        reason: r.to_owned(),
-                    },
+                    Ok(r) => CloseFrame { code, reason: r.to_owned() },
                     Err(_) => return self.fail(now, ProtocolError::InvalidUtf8),
                 }
             }
@@ -1148,6 +1154,6 @@ impl Connection {
             received: self.close_received.clone(),
             error: self.error.clone(),
         };
-        self.events.push_back(Event::Closed(closed));
+        self.emit(Event::Closed(closed));
     }
 }

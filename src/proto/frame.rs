@@ -139,13 +139,7 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, Protoco
         let at = 2 + len_bytes;
         [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
     });
-    let header = FrameHeader {
-        fin: b0 & 0x80 != 0,
-        rsv: (b0 >> 4) & 0x7,
-        opcode,
-        mask,
-        payload_len,
-    };
+    let header = FrameHeader { fin: b0 & 0x80 != 0, rsv: (b0 >> 4) & 0x7, opcode, mask, payload_len };
     Ok(Some((header, header_len)))
 }
 

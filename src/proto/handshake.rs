@@ -68,10 +68,7 @@ impl HeadReader {
 pub type Headers = Vec<(String, Vec<u8>)>;
 
 fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
 }
 
 /// All comma-separated tokens of every header `name`, trimmed and non-empty.
@@ -355,27 +352,14 @@ impl Url {
         if !resource.bytes().all(|b| b > 0x20 && b < 0x7F) {
             return Err(bad("invalid characters in path"));
         }
-        Ok(Url {
-            secure,
-            host: host.to_owned(),
-            port,
-            resource,
-        })
+        Ok(Url { secure, host: host.to_owned(), port, resource })
     }
 
     /// The `Host` header value: the host, and the port unless it is the default.
     pub fn host_header(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         let default = if self.secure { 443 } else { 80 };
-        if self.port == default {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+        if self.port == default { host } else { format!("{host}:{}", self.port) }
     }
 }
 
@@ -391,11 +375,7 @@ impl ClientRequest {
     /// A request for `url` (`ws://host[:port]/path?query`). `wss://` parses but the
     /// engine refuses it with [`Error::TlsUnsupported`] until TLS lands.
     pub fn new(url: &str) -> Result<Self, Error> {
-        Ok(Self {
-            url: Url::parse(url)?,
-            protocols: Vec::new(),
-            headers: Vec::new(),
-        })
+        Ok(Self { url: Url::parse(url)?, protocols: Vec::new(), headers: Vec::new() })
     }
 
     /// The parsed URL.
@@ -423,14 +403,8 @@ impl ClientRequest {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self, Error> {
         let (name, value) = (name.into(), value.into());
         check_header(&name, &value)?;
-        const RESERVED: [&str; 6] = [
-            "host",
-            "upgrade",
-            "connection",
-            "sec-websocket-key",
-            "sec-websocket-version",
-            "sec-websocket-protocol",
-        ];
+        const RESERVED: [&str; 6] =
+            ["host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol"];
         if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
             return Err(Error::InvalidHeader(format!("{name} is set by the handshake")));
         }
@@ -533,7 +507,7 @@ mod tests {
             let mut r = HeadReader::default();
             let first = r.push(&msg[..split], 1024).unwrap();
             let rest = match first {
-                Some(rest) => rest.to_vec().into_iter().chain(msg[split..].iter().copied()).collect::<Vec<_>>(),
+                Some(rest) => rest.iter().copied().chain(msg[split..].iter().copied()).collect::<Vec<_>>(),
                 None => r.push(&msg[split..], 1024).unwrap().unwrap().to_vec(),
             };
             assert_eq!(r.head(), &msg[..msg.len() - 2], "split {split}");
@@ -555,25 +529,14 @@ mod tests {
     #[test]
     fn urls() {
         let u = Url::parse("ws://example.com/chat?x=1").unwrap();
-        assert_eq!(
-            (u.secure, u.host.as_str(), u.port, u.resource.as_str()),
-            (false, "example.com", 80, "/chat?x=1")
-        );
+        assert_eq!((u.secure, u.host.as_str(), u.port, u.resource.as_str()), (false, "example.com", 80, "/chat?x=1"));
         assert_eq!(u.host_header(), "example.com");
         let u = Url::parse("ws://[::1]:9001").unwrap();
         assert_eq!((u.host.as_str(), u.port, u.resource.as_str()), ("::1", 9001, "/"));
         assert_eq!(u.host_header(), "[::1]:9001");
         assert_eq!(Url::parse("wss://h?q").unwrap().resource, "/?q");
         assert!(Url::parse("wss://h").unwrap().secure);
-        for bad in [
-            "http://h/",
-            "ws://h/#f",
-            "ws://u@h/",
-            "ws://:80/",
-            "ws://h:99999/",
-            "ws://h/a b",
-            "h/",
-        ] {
+        for bad in ["http://h/", "ws://h/#f", "ws://u@h/", "ws://:80/", "ws://h:99999/", "ws://h/a b", "h/"] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
     }

@@ -56,12 +56,7 @@ impl OutQueue {
 
     /// Memory held (capacity of the inline buffer plus queued shared frames).
     pub(crate) fn footprint(&self) -> usize {
-        self.buf.capacity()
-            + self
-                .segs
-                .iter()
-                .map(|s| if let Seg::Shared(a, _) = s { a.len() } else { 0 })
-                .sum::<usize>()
+        self.buf.capacity() + self.segs.iter().map(|s| if let Seg::Shared(a, _) = s { a.len() } else { 0 }).sum::<usize>()
     }
 
     /// The first contiguous run of queued bytes (empty when nothing is queued).

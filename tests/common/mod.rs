@@ -24,17 +24,9 @@ impl Pair {
         let req = ClientRequest::new("ws://localhost/test").unwrap();
         let client = Connection::client(client_cfg, &req, now).unwrap();
         let server = Connection::server(server_cfg, now);
-        let mut p = Pair {
-            client,
-            server,
-            now,
-            client_events: vec![],
-            server_events: vec![],
-        };
+        let mut p = Pair { client, server, now, client_events: vec![], server_events: vec![] };
         p.pump();
-        let Some(Event::Request(_)) = p.server_events.first() else {
-            panic!("no request: {:?}", p.server_events)
-        };
+        let Some(Event::Request(_)) = p.server_events.first() else { panic!("no request: {:?}", p.server_events) };
         p.server.accept(p.now, Accept::new()).unwrap();
         p.pump();
         assert!(matches!(p.client_events.first(), Some(Event::Open { .. })), "{:?}", p.client_events);
@@ -50,14 +42,13 @@ impl Pair {
     /// Moves all queued bytes both ways until quiet, collecting events.
     pub fn pump(&mut self) {
         for _ in 0..1000 {
+            // Events first: polling them may release a deferred close frame.
+            let before = self.client_events.len() + self.server_events.len();
+            self.client_events.extend(std::iter::from_fn(|| self.client.poll_event()));
+            self.server_events.extend(std::iter::from_fn(|| self.server.poll_event()));
+            let polled = self.client_events.len() + self.server_events.len() - before;
             let moved = transfer(&mut self.client, &mut self.server, self.now) + transfer(&mut self.server, &mut self.client, self.now);
-            while let Some(e) = self.client.poll_event() {
-                self.client_events.push(e);
-            }
-            while let Some(e) = self.server.poll_event() {
-                self.server_events.push(e);
-            }
-            if moved == 0 {
+            if moved == 0 && polled == 0 {
                 return;
             }
         }

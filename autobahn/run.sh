@@ -1,0 +1,83 @@
+#!/bin/sh
+# Runs the Autobahn|Testsuite against rfc6455 and checks the verdicts.
+#
+#   autobahn/run.sh server   wstest (fuzzingclient) against `rfc6455 echo`
+#   autobahn/run.sh client   our client (`rfc6455 autobahn-client`) against wstest (fuzzingserver)
+#   autobahn/run.sh          both
+#
+# Installs wstest first (autobahn/install.sh, cached), builds the release binary,
+# writes reports to autobahn/reports/{server,client}/, prints a summary, and exits
+# nonzero if any case is not OK, except those listed in autobahn/expected.txt.
+# AUTOBAHN_CASES (e.g. "1.*,2.*") restricts the cases that run.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+sides=${1:-all}
+[ "$sides" = all ] && sides="server client"
+wstest=$(sh "$here/install.sh")
+(cd "$root" && cargo build --release --quiet)
+bin="$root/target/release/rfc6455"
+cases_json='["*"]'
+if [ -n "${AUTOBAHN_CASES:-}" ]; then
+  cases_json=$(printf '%s' "$AUTOBAHN_CASES" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().split(",")))')
+fi
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+  i=0
+  until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null; do
+    i=$((i + 1))
+    [ $i -lt 100 ] || { echo "nothing listens on port $1" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
+status=0
+work=$(mktemp -d)
+pid=
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+for side in $sides; do
+  port=$(free_port)
+  rm -rf "$here/reports/$side"
+  start=$(date +%s)
+  case $side in
+  server)
+    # 9.x sends messages up to 16 MiB: the echo server allows them explicitly.
+    "$bin" --log warn echo --listen "127.0.0.1:$port" --max-message-size 67108864 >"$work/server.log" 2>&1 &
+    pid=$!
+    wait_port "$port"
+    sed -e "s#ws://127.0.0.1:9002#ws://127.0.0.1:$port#" -e "s#\"cases\": \[\"\*\"\]#\"cases\": $cases_json#" \
+      -e "s#\"./reports/server\"#\"$here/reports/server\"#" "$here/fuzzingclient.json" >"$work/spec.json"
+    (cd "$work" && "$wstest" -m fuzzingclient -s spec.json >"$work/wstest.log" 2>&1) || { tail -20 "$work/wstest.log"; status=1; }
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=
+    ;;
+  client)
+    sed -e "s#ws://127.0.0.1:9001#ws://127.0.0.1:$port#" -e "s#\"cases\": \[\"\*\"\]#\"cases\": $cases_json#" \
+      -e "s#\"./reports/client\"#\"$here/reports/client\"#" "$here/fuzzingserver.json" >"$work/spec.json"
+    (cd "$work" && exec "$wstest" -m fuzzingserver -s spec.json >"$work/wstest.log" 2>&1) &
+    pid=$!
+    wait_port "$port"
+    "$bin" --log warn autobahn-client --url "ws://127.0.0.1:$port" --agent rfc6455 || status=1
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=
+    ;;
+  *)
+    echo "usage: $0 [server|client|all]" >&2
+    exit 2
+    ;;
+  esac
+  echo "autobahn $side suite: $(($(date +%s) - start)) s"
+  python3 "$here/summary.py" "$here/reports/$side" "$side" "$here/expected.txt" || status=1
+done
+exit $status

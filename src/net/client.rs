@@ -1,0 +1,375 @@
+//! A WebSocket client on its own small mio loop: connect, handshake, then send and
+//! receive with timeouts. Other threads can wake a waiting client (for example a
+//! thread reading stdin) through its [`mio::Waker`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use crate::net::conn::{Read1, Socket};
+use crate::{ClientRequest, CloseCode, Closed, Config, Connection, Error, Event, MaskGenerator, MessageKind, State};
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// How a client connects.
+pub struct ClientOptions {
+    /// Engine configuration (limits, timeouts, keepalive).
+    pub config: Config,
+    /// Subprotocols to offer.
+    pub protocols: Vec<String>,
+    /// `Origin` header to send.
+    pub origin: Option<String>,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
+    /// Time allowed for TCP connect plus handshake. Default 10 s.
+    pub connect_timeout: Duration,
+    /// Read buffer size. Default 64 KiB.
+    pub read_buffer_size: usize,
+    /// Replaces the default CSPRNG mask generator.
+    pub mask_generator: Option<Box<dyn MaskGenerator>>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            config: Config::default(),
+            protocols: Vec::new(),
+            origin: None,
+            headers: Vec::new(),
+            connect_timeout: Duration::from_secs(10),
+            read_buffer_size: 64 * 1024,
+            mask_generator: None,
+        }
+    }
+}
+
+/// Why a client could not connect.
+#[derive(Debug)]
+pub enum ClientError {
+    /// Bad URL or options (the caller's mistake).
+    Invalid(Error),
+    /// Name resolution or TCP failed (refused, reset ...).
+    Io(io::Error),
+    /// The connection ended before it opened (bad handshake: HTTP status, bad accept ...).
+    Closed(Closed),
+    /// Connect or handshake took longer than the connect timeout.
+    Timeout,
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Invalid(e) => write!(f, "{e}"),
+            ClientError::Io(e) => write!(f, "connection failed: {e}"),
+            ClientError::Closed(c) => match &c.error {
+                Some(e) => write!(f, "{e}"),
+                None => write!(f, "connection closed during the handshake ({})", c.code()),
+            },
+            ClientError::Timeout => f.write_str("connect timed out"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl From<Error> for ClientError {
+    fn from(e: Error) -> Self {
+        ClientError::Invalid(e)
+    }
+}
+
+/// A connected WebSocket client.
+pub struct Client {
+    poll: Poll,
+    events: Events,
+    socket: Socket,
+    engine: Connection,
+    waker: Arc<Waker>,
+    buf: Vec<u8>,
+    queue: VecDeque<Event>,
+    peer: SocketAddr,
+}
+
+impl Client {
+    /// Connects to `url` (`ws://host:port/path`), performs the handshake and returns
+    /// once the connection is open.
+    pub fn connect(url: &str, opts: ClientOptions) -> Result<Client, ClientError> {
+        let mut req = ClientRequest::new(url)?;
+        for p in &opts.protocols {
+            req = req.protocol(p.clone())?;
+        }
+        if let Some(o) = &opts.origin {
+            req = req.origin(o.clone())?;
+        }
+        for (n, v) in &opts.headers {
+            req = req.header(n.clone(), v.clone())?;
+        }
+        if req.url().secure {
+            return Err(Error::TlsUnsupported.into());
+        }
+        let start = Instant::now();
+        let deadline = start + opts.connect_timeout;
+        let now = Instant::now();
+        let engine = match opts.mask_generator {
+            Some(m) => Connection::client_with_mask_generator(opts.config, &req, m, now)?,
+            None => Connection::client(opts.config, &req, now)?,
+        };
+        let addrs: Vec<SocketAddr> = (req.url().host.as_str(), req.url().port).to_socket_addrs()?.collect();
+        let mut last_err = io::Error::new(io::ErrorKind::NotFound, "host has no addresses");
+        let mut poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        for addr in addrs {
+            match connect_one(&mut poll, addr, deadline) {
+                Ok(stream) => {
+                    let mut client = Client {
+                        poll,
+                        events: Events::with_capacity(16),
+                        socket: Socket::new(stream),
+                        engine,
+                        waker,
+                        buf: vec![0; opts.read_buffer_size.max(1024)],
+                        queue: VecDeque::new(),
+                        peer: addr,
+                    };
+                    client.handshake(deadline)?;
+                    return Ok(client);
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        if Instant::now() >= deadline { Err(ClientError::Timeout) } else { Err(last_err.into()) }
+    }
+
+    fn handshake(&mut self, deadline: Instant) -> Result<(), ClientError> {
+        loop {
+            self.turn(Some(deadline.saturating_duration_since(Instant::now())))?;
+            while let Some(ev) = self.engine.poll_event() {
+                match ev {
+                    Event::Open { .. } => return Ok(()),
+                    Event::Closed(c) => return Err(ClientError::Closed(c)),
+                    other => self.queue.push_back(other),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ClientError::Timeout);
+            }
+        }
+    }
+
+    /// One loop turn: flush, wait for readiness or `timeout` (or the engine's own
+    /// deadline), read what arrived, let deadlines act. Returns true if woken.
+    fn turn(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.flush_now()?;
+        let now = Instant::now();
+        let engine_deadline = self.engine.poll_timeout().map(|t| t.saturating_duration_since(now));
+        let wait = match (timeout, engine_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let interest = if self.engine.bytes_to_write() > 0 { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        if interest.is_writable() != self.socket.want_write {
+            self.poll.registry().reregister(&mut self.socket.stream, SOCKET, interest)?;
+            self.socket.want_write = interest.is_writable();
+        }
+        match self.poll.poll(&mut self.events, wait) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let woken = self.events.iter().any(|e| e.token() == WAKER);
+        let now = Instant::now();
+        self.read_available(now);
+        self.engine.handle_timeout(now);
+        self.flush_now()?;
+        Ok(woken)
+    }
+
+    fn read_available(&mut self, now: Instant) {
+        while !self.socket.eof && self.engine.state() != State::Closed {
+            match self.socket.read_once(&mut self.buf) {
+                Read1::Data(n) => self.engine.handle_bytes(now, &self.buf[..n]),
+                Read1::WouldBlock => return,
+                Read1::Eof => self.engine.handle_eof(now),
+            }
+        }
+    }
+
+    fn flush_now(&mut self) -> io::Result<()> {
+        if self.socket.eof {
+            return Ok(());
+        }
+        if let Err(e) = self.socket.flush(&mut self.engine) {
+            self.socket.eof = true;
+            self.engine.abort();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Waits up to `timeout` (forever with `None`) for the next event. Returns
+    /// `Ok(None)` on timeout or when woken through [`Client::waker`]. After
+    /// [`Event::Closed`] it returns `Ok(None)` at once.
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> io::Result<Option<Event>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(ev) = self.queue.pop_front().or_else(|| self.engine.poll_event()) {
+                if let Event::Closed(_) = ev {
+                    // Flush the last bytes (e.g. our close reply) best-effort.
+                    let _ = self.flush_now();
+                }
+                return Ok(Some(ev));
+            }
+            if self.engine.state() == State::Closed {
+                return Ok(None);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Ok(None);
+            }
+            if self.turn(left)? {
+                if let Some(ev) = self.engine.poll_event() {
+                    self.queue.push_back(ev);
+                }
+                if self.queue.is_empty() {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
+        self.engine.send_text(text)?;
+        let _ = self.flush_now();
+        Ok(())
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+        self.engine.send_binary(data)?;
+        let _ = self.flush_now();
+        Ok(())
+    }
+
+    /// Sends a message of `kind`.
+    pub fn send(&mut self, kind: MessageKind, data: &[u8]) -> Result<(), Error> {
+        self.engine.send(kind, data)?;
+        let _ = self.flush_now();
+        Ok(())
+    }
+
+    /// Sends a ping; the pong event carries the round-trip time.
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), Error> {
+        self.engine.ping(Instant::now(), payload)?;
+        let _ = self.flush_now();
+        Ok(())
+    }
+
+    /// Starts the closing handshake; keep calling [`Client::next_event`] until
+    /// [`Event::Closed`].
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+        self.engine.close(Instant::now(), code, reason)?;
+        let _ = self.flush_now();
+        Ok(())
+    }
+
+    /// Drops the connection at once, discarding queued output.
+    pub fn abort(&mut self) {
+        self.engine.abort();
+        let _ = self.socket.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Waits until all queued output is written or `timeout` passes (Qt's `flush()`).
+    /// Returns whether everything was written.
+    pub fn flush(&mut self, timeout: Duration) -> io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        while self.engine.bytes_to_write() > 0 && !self.socket.eof {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            self.turn(Some(left))?;
+            // Keep events for next_event.
+            while let Some(ev) = self.engine.poll_event() {
+                self.queue.push_back(ev);
+            }
+        }
+        Ok(self.engine.bytes_to_write() == 0)
+    }
+
+    /// Wakes a thread blocked in [`Client::next_event`] from another thread.
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Bytes not yet written (Qt's `bytesToWrite()`).
+    pub fn bytes_to_write(&self) -> usize {
+        self.engine.bytes_to_write()
+    }
+
+    /// Connection state.
+    pub fn state(&self) -> State {
+        self.engine.state()
+    }
+
+    /// The server's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The engine (protocol, response headers, close frames, RTT ...).
+    pub fn engine(&self) -> &Connection {
+        &self.engine
+    }
+}
+
+/// Non-blocking connect to one address, waiting for it to complete until `deadline`.
+fn connect_one(poll: &mut Poll, addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr)?;
+    poll.registry().register(&mut stream, SOCKET, Interest::WRITABLE)?;
+    let mut events = Events::with_capacity(4);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let _ = poll.registry().deregister(&mut stream);
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        match poll.poll(&mut events, Some(left)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if !events.iter().any(|e| e.token() == SOCKET) {
+            continue;
+        }
+        if let Some(e) = stream.take_error()? {
+            let _ = poll.registry().deregister(&mut stream);
+            return Err(e);
+        }
+        match stream.peer_addr() {
+            Ok(_) => {
+                let _ = stream.set_nodelay(true);
+                poll.registry().reregister(&mut stream, SOCKET, Interest::READABLE)?;
+                return Ok(stream);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => continue,
+            Err(e) => {
+                let _ = poll.registry().deregister(&mut stream);
+                return Err(e);
+            }
+        }
+    }
+}
