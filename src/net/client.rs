@@ -227,8 +227,10 @@ impl Client {
         loop {
             if let Some(ev) = self.queue.pop_front().or_else(|| self.engine.poll_event()) {
                 if let Event::Closed(_) = ev {
-                    // Flush the last bytes (e.g. our close reply) best-effort.
+                    // "Closed" means: flush, then close the socket.
                     let _ = self.flush_now();
+                    let _ = self.socket.stream.shutdown(std::net::Shutdown::Both);
+                    self.socket.eof = true;
                 }
                 return Ok(Some(ev));
             }

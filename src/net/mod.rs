@@ -10,4 +10,4 @@ mod server;
 
 pub use client::{Client, ClientError, ClientOptions};
 pub use relay::{Echo, Relay};
-pub use server::{ConnId, Ctx, Handler, Rejection, Server, ServerConfig, ShutdownHandle, SlowConsumerPolicy};
+pub use server::{ConnId, Ctx, Handler, Rejection, Server, ServerConfig, ServerStats, ShutdownHandle, SlowConsumerPolicy};

@@ -13,7 +13,7 @@ use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -131,6 +131,7 @@ struct Table {
     dirty: Vec<usize>,
     /// Connections to read next turn (budget ran out, resumed, newly accepted).
     reads: Vec<usize>,
+    stats: Arc<ServerStats>,
 }
 
 impl Table {
@@ -169,7 +170,8 @@ impl Ctx<'_> {
 
     fn queue(&mut self, id: ConnId, f: impl FnOnce(&mut Connection) -> bool) -> bool {
         let (hwm, policy, now) = (self.cfg.high_water_mark, self.cfg.slow_consumer, self.now);
-        let Some(entry) = self.table.get(id.0) else { return false };
+        let Table { conns, dirty, stats, .. } = &mut *self.table;
+        let Some(entry) = conns.get_mut(id.0).and_then(Option::as_mut) else { return false };
         if entry.congested {
             return false;
         }
@@ -177,6 +179,7 @@ impl Ctx<'_> {
         // slow consumer: its memory is bounded by the mark plus one message.
         if entry.engine.bytes_to_write() > hwm {
             entry.congested = true;
+            stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
             warn!("[{}] slow consumer: {} bytes queued, policy {:?}", entry.peer, entry.engine.bytes_to_write(), policy);
             match policy {
                 SlowConsumerPolicy::Close(code) => {
@@ -184,11 +187,11 @@ impl Ctx<'_> {
                 }
                 SlowConsumerPolicy::Drop => entry.engine.abort(),
             }
-            self.table.dirty.push(id.0);
+            dirty.push(id.0);
             return false;
         }
         let ok = f(&mut entry.engine);
-        self.table.dirty.push(id.0);
+        dirty.push(id.0);
         ok
     }
 
@@ -232,6 +235,26 @@ impl Ctx<'_> {
     }
 }
 
+/// Counters a running server publishes, readable from any thread.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Sockets currently held (any state).
+    pub connections: AtomicUsize,
+    /// Connections whose handshake completed.
+    pub opened: AtomicU64,
+    /// TCP connections refused at the connection limit.
+    pub refused: AtomicU64,
+    /// Connections closed under the slow-consumer policy.
+    pub slow_consumers: AtomicU64,
+}
+
+impl ServerStats {
+    /// Sockets currently held.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
 /// Stops a running server from another thread (or a signal-handling thread).
 #[derive(Clone)]
 pub struct ShutdownHandle {
@@ -262,6 +285,7 @@ pub struct Server<H: Handler> {
     read_buf: Vec<u8>,
     shutdown: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    stats: Arc<ServerStats>,
 }
 
 impl<H: Handler> Server<H> {
@@ -271,6 +295,7 @@ impl<H: Handler> Server<H> {
         let mut listener = TcpListener::bind(addr)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let stats = Arc::new(ServerStats::default());
         Ok(Self {
             local_addr: listener.local_addr()?,
             poll,
@@ -278,12 +303,13 @@ impl<H: Handler> Server<H> {
             read_buf: vec![0; cfg.read_buffer_size.max(1024)],
             cfg,
             handler,
-            table: Table { conns: Vec::new(), dirty: Vec::new(), reads: Vec::new() },
+            table: Table { conns: Vec::new(), dirty: Vec::new(), reads: Vec::new(), stats: stats.clone() },
             free: Vec::new(),
             live: 0,
             timers: BinaryHeap::new(),
             shutdown: Arc::new(AtomicBool::new(false)),
             waker,
+            stats,
         })
     }
 
@@ -295,6 +321,11 @@ impl<H: Handler> Server<H> {
     /// A handle that stops the server from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle { flag: self.shutdown.clone(), waker: self.waker.clone() }
+    }
+
+    /// Live counters, shareable with other threads.
+    pub fn stats(&self) -> Arc<ServerStats> {
+        self.stats.clone()
     }
 
     /// The handler.
@@ -374,6 +405,7 @@ impl<H: Handler> Server<H> {
                         let _ = s.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
                         let _ = s.shutdown(std::net::Shutdown::Write);
                         warn!("[{peer}] refused: at the limit of {} connections", self.cfg.max_connections);
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
@@ -400,6 +432,7 @@ impl<H: Handler> Server<H> {
                         timer: None,
                     });
                     self.live += 1;
+                    self.stats.connections.store(self.live, Ordering::Relaxed);
                     debug!("[{peer}] accepted");
                     // Edge-triggered: data may already be waiting.
                     self.table.reads.push(idx);
@@ -554,6 +587,7 @@ impl<H: Handler> Server<H> {
             let _ = self.poll.registry().deregister(&mut entry.socket.stream);
             self.free.push(i);
             self.live -= 1;
+            self.stats.connections.store(self.live, Ordering::Relaxed);
             debug!("[{}] socket closed", entry.peer);
         }
     }
@@ -617,6 +651,7 @@ fn dispatch<H: Handler>(handler: &mut H, table: &mut Table, cfg: &ServerConfig, 
             }
             Event::Open { .. } => {
                 entry.opened = true;
+                table.stats.opened.fetch_add(1, Ordering::Relaxed);
                 info!("[{peer}] connected");
                 handler.on_open(&mut Ctx { table, now, cfg }, id);
             }
