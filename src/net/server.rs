@@ -27,6 +27,11 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 /// Reads per connection per turn before others get their turn.
 const READ_BUDGET: usize = 16;
+/// Under memory pressure, connections pinning less than this may still read.
+const SMALL_PIN: usize = 16 * 1024;
+/// Most buffers kept in the shared pool, and the largest kept.
+const POOL_BUFFERS: usize = 256;
+const POOL_BUFFER_MAX: usize = 64 * 1024;
 
 /// Identifies a connection within one server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,6 +72,16 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// How long a finished connection waits for the peer's FIN after ours. Default 2 s.
     pub linger: Duration,
+    /// Bytes one connection may pin (partial message, queued output, buffers; see
+    /// [`Connection::buffered_bytes`]); past it the connection is closed with 1008.
+    /// Default: the largest message plus the high-water mark plus 1 MiB.
+    pub max_connection_memory: Option<usize>,
+    /// Bytes all connections together may pin. A connection that pins 16 KiB or more
+    /// is not read from while what it may grow to by one more read would pass this
+    /// total; it is retried when the total falls (its peer meets TCP backpressure;
+    /// nothing accepted is dropped). Connections that pin little carry on, so the
+    /// total stays under this plus at most 32 KiB per connection. Default 1 GiB.
+    pub max_total_memory: usize,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +95,8 @@ impl Default for ServerConfig {
             allowed_origins: None,
             shutdown_timeout: Duration::from_secs(5),
             linger: Duration::from_secs(2),
+            max_connection_memory: None,
+            max_total_memory: 1 << 30,
         }
     }
 }
@@ -122,6 +139,8 @@ struct Entry {
     drop_at: Option<Instant>,
     /// The deadline last pushed on the timer heap.
     timer: Option<Instant>,
+    /// Bytes pinned at the last settle (counted in `Table::pinned`).
+    pinned: usize,
 }
 
 /// The parts of the server a handler may touch.
@@ -132,11 +151,39 @@ struct Table {
     /// Connections to read next turn (budget ran out, resumed, newly accepted).
     reads: Vec<usize>,
     stats: Arc<ServerStats>,
+    /// Message buffers shared by all connections (idle connections hold none).
+    pool: Vec<Vec<u8>>,
+    /// Sum of every connection's pinned bytes.
+    pinned: usize,
+    /// Connections not read from because the process-wide budget was exceeded.
+    memory_blocked: Vec<usize>,
+    /// The total pinned when they were blocked: they are retried once it falls.
+    blocked_at: Option<usize>,
 }
 
 impl Table {
     fn get(&mut self, i: usize) -> Option<&mut Entry> {
         self.conns.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Returns a message buffer to the shared pool.
+    fn give_back(&mut self, buf: Option<Vec<u8>>) {
+        if let Some(mut buf) = buf {
+            if self.pool.len() < POOL_BUFFERS && buf.capacity() <= POOL_BUFFER_MAX && buf.capacity() > 0 {
+                buf.clear();
+                self.pool.push(buf);
+            }
+        }
+    }
+
+    /// Re-counts what connection `i` pins.
+    fn update_pinned(&mut self, i: usize) {
+        let Some(entry) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
+        let now = entry.engine.buffered_bytes();
+        self.pinned = self.pinned + now - entry.pinned;
+        entry.pinned = now;
+        self.stats.pinned_bytes.store(self.pinned, Ordering::Relaxed);
+        self.stats.peak_pinned_bytes.fetch_max(self.pinned, Ordering::Relaxed);
     }
 }
 
@@ -246,6 +293,12 @@ pub struct ServerStats {
     pub refused: AtomicU64,
     /// Connections closed under the slow-consumer policy.
     pub slow_consumers: AtomicU64,
+    /// Connections closed for passing the per-connection memory budget.
+    pub over_budget: AtomicU64,
+    /// Bytes all connections pin now (see [`ServerConfig::max_total_memory`]).
+    pub pinned_bytes: AtomicUsize,
+    /// The most bytes all connections pinned at once.
+    pub peak_pinned_bytes: AtomicUsize,
 }
 
 impl ServerStats {
@@ -303,7 +356,16 @@ impl<H: Handler> Server<H> {
             read_buf: vec![0; cfg.read_buffer_size.max(1024)],
             cfg,
             handler,
-            table: Table { conns: Vec::new(), dirty: Vec::new(), reads: Vec::new(), stats: stats.clone() },
+            table: Table {
+                conns: Vec::new(),
+                dirty: Vec::new(),
+                reads: Vec::new(),
+                stats: stats.clone(),
+                pool: Vec::new(),
+                pinned: 0,
+                memory_blocked: Vec::new(),
+                blocked_at: None,
+            },
             free: Vec::new(),
             live: 0,
             timers: BinaryHeap::new(),
@@ -430,6 +492,7 @@ impl<H: Handler> Server<H> {
                         read_blocked: false,
                         drop_at: None,
                         timer: None,
+                        pinned: 0,
                     });
                     self.live += 1;
                     self.stats.connections.store(self.live, Ordering::Relaxed);
@@ -450,26 +513,49 @@ impl<H: Handler> Server<H> {
     }
 
     fn read_conn(&mut self, i: usize, now: Instant) {
-        let hwm = self.cfg.high_water_mark;
+        let (hwm, max_total) = (self.cfg.high_water_mark, self.cfg.max_total_memory);
         for _ in 0..READ_BUDGET {
+            let total_pinned = self.table.pinned;
             let Some(entry) = self.table.get(i) else { return };
             if entry.socket.eof {
                 return;
             }
             let lingering = entry.socket.lingering;
-            // Pause mode, and backpressure: a connection that does not drain its own
-            // output is not read from.
-            if !lingering && (entry.paused || entry.engine.bytes_to_write() > hwm) {
-                entry.read_blocked = true;
-                self.table.dirty.push(i);
-                return;
+            if !lingering {
+                // Pause mode, and backpressure: a connection that does not drain its
+                // own output is not read from.
+                if entry.paused || entry.engine.bytes_to_write() > hwm {
+                    entry.read_blocked = true;
+                    self.table.dirty.push(i);
+                    return;
+                }
+                // The process-wide budget: a connection that pins much reads only if
+                // what it may grow to (its buffer doubling, plus one read) still fits.
+                if entry.pinned >= SMALL_PIN && total_pinned + entry.pinned + self.read_buf.len() > max_total {
+                    self.table.memory_blocked.push(i);
+                    self.table.blocked_at = Some(self.table.blocked_at.map_or(total_pinned, |b| b.min(total_pinned)));
+                    return;
+                }
             }
             match entry.socket.read_once(&mut self.read_buf) {
                 Read1::WouldBlock => return,
                 Read1::Data(_) if lingering => {}
                 Read1::Data(n) => {
-                    entry.engine.handle_bytes(now, &self.read_buf[..n]);
+                    // Lend a pooled buffer for the messages in this read; take it back if unused.
+                    if let Some(buf) = self.table.pool.pop() {
+                        if let Some(entry) = self.table.get(i) {
+                            entry.engine.recycle(buf);
+                        }
+                    }
+                    if let Some(entry) = self.table.get(i) {
+                        entry.engine.handle_bytes(now, &self.read_buf[..n]);
+                    }
                     dispatch(&mut self.handler, &mut self.table, &self.cfg, now, i);
+                    if let Some(entry) = self.table.get(i) {
+                        let spare = entry.engine.take_spare();
+                        self.table.give_back(spare);
+                        self.table.update_pinned(i);
+                    }
                 }
                 Read1::Eof => {
                     if !lingering {
@@ -528,6 +614,11 @@ impl<H: Handler> Server<H> {
             dirty = more;
         }
         self.table.dirty = dirty;
+        if self.table.blocked_at.is_some_and(|at| self.table.pinned < at) {
+            self.table.blocked_at = None;
+            let blocked = std::mem::take(&mut self.table.memory_blocked);
+            self.table.reads.extend(blocked);
+        }
     }
 
     /// Writes a connection's output, updates its interest and timer, drops it if done.
@@ -537,6 +628,15 @@ impl<H: Handler> Server<H> {
         if !entry.socket.lingering && entry.socket.flush(&mut entry.engine).is_err() {
             entry.socket.eof = true;
             entry.engine.abort();
+            dispatch(&mut self.handler, &mut self.table, &self.cfg, now, i);
+        }
+        self.table.update_pinned(i);
+        let budget = self.cfg.max_connection_memory.unwrap_or(self.cfg.protocol.max_message_size + hwm + (1 << 20));
+        let Some(entry) = self.table.get(i) else { return };
+        if entry.pinned > budget && entry.engine.state() == State::Open {
+            warn!("[{}] pins {} bytes, over the budget of {budget}: closing", entry.peer, entry.pinned);
+            let _ = entry.engine.close(now, CloseCode::POLICY_VIOLATION, "memory budget");
+            self.table.stats.over_budget.fetch_add(1, Ordering::Relaxed);
             dispatch(&mut self.handler, &mut self.table, &self.cfg, now, i);
         }
         let Some(entry) = self.table.get(i) else { return };
@@ -584,6 +684,8 @@ impl<H: Handler> Server<H> {
 
     fn remove(&mut self, i: usize) {
         if let Some(mut entry) = self.table.conns.get_mut(i).and_then(Option::take) {
+            self.table.pinned -= entry.pinned;
+            self.table.stats.pinned_bytes.store(self.table.pinned, Ordering::Relaxed);
             let _ = self.poll.registry().deregister(&mut entry.socket.stream);
             self.free.push(i);
             self.live -= 1;
@@ -657,15 +759,11 @@ fn dispatch<H: Handler>(handler: &mut H, table: &mut Table, cfg: &ServerConfig, 
             }
             Event::Text(text) => {
                 handler.on_message(&mut Ctx { table, now, cfg }, id, MessageKind::Text, text.as_bytes());
-                if let Some(e) = table.get(i) {
-                    e.engine.recycle(text.into_bytes());
-                }
+                table.give_back(Some(text.into_bytes()));
             }
             Event::Binary(data) => {
                 handler.on_message(&mut Ctx { table, now, cfg }, id, MessageKind::Binary, &data);
-                if let Some(e) = table.get(i) {
-                    e.engine.recycle(data);
-                }
+                table.give_back(Some(data));
             }
             Event::Frame { .. } | Event::Ping(_) | Event::Pong { .. } => {}
             Event::Closed(closed) => {

@@ -633,6 +633,12 @@ impl Connection {
         }
     }
 
+    /// Takes back the spare buffer held for the next message, if any: an event loop can
+    /// keep one pool of buffers for all its connections, so idle connections hold none.
+    pub fn take_spare(&mut self) -> Option<Vec<u8>> {
+        self.spare.take()
+    }
+
     // ------------------------------------------------------------------ outputs
 
     /// The next event, if any. Drain after every input or command.
@@ -984,6 +990,11 @@ impl Connection {
                 self.ctrl.len += chunk.len() as u8;
             }
             Sink::Data => {
+                if self.msg.capacity() == 0 {
+                    if let Some(spare) = self.spare.take() {
+                        self.msg = spare;
+                    }
+                }
                 let start = self.msg.len();
                 frame.mask_off = extend_unmasked(&mut self.msg, chunk, frame.mask, frame.mask_off);
                 // §8.1: fail fast on invalid UTF-8, even inside a partially received frame.
@@ -1038,7 +1049,7 @@ impl Connection {
     }
 
     fn take_msg(&mut self) -> Vec<u8> {
-        std::mem::replace(&mut self.msg, self.spare.take().unwrap_or_default())
+        std::mem::take(&mut self.msg)
     }
 
     fn on_ping(&mut self, payload: ControlPayload) {

@@ -25,6 +25,9 @@ pub fn accept_key(key: &[u8]) -> String {
 #[derive(Debug, Default)]
 pub(crate) struct HeadReader {
     buf: Vec<u8>,
+    /// Bytes examined so far, for the test that proves the work is linear.
+    #[cfg(test)]
+    scanned: usize,
 }
 
 impl HeadReader {
@@ -37,6 +40,10 @@ impl HeadReader {
         self.buf.extend_from_slice(&data[..take]);
         // Only the new bytes, plus three before them, can complete the blank line.
         let from = old.saturating_sub(3);
+        #[cfg(test)]
+        {
+            self.scanned += self.buf.len() - from;
+        }
         match self.buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
             Some(p) => {
                 let end = from + p + 4;
@@ -513,6 +520,20 @@ mod tests {
             assert_eq!(r.head(), &msg[..msg.len() - 2], "split {split}");
             assert_eq!(rest, b"\x81\x00");
         }
+    }
+
+    #[test]
+    fn trickled_heads_cost_linear_work() {
+        // CVE-2023-43669 class: one byte per read must not rescan the whole head.
+        let mut head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        head.resize(8000, b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        let mut r = HeadReader::default();
+        for (i, b) in head.iter().enumerate() {
+            let done = r.push(std::slice::from_ref(b), 8192).unwrap();
+            assert_eq!(done.is_some(), i + 1 == head.len());
+        }
+        assert!(r.scanned <= 4 * head.len(), "{} bytes scanned for {}", r.scanned, head.len());
     }
 
     #[test]

@@ -1,0 +1,373 @@
+//! Fuzz harnesses, shared by the cargo-fuzz targets (`fuzz/fuzz_targets/`) and by
+//! `tests/fuzz_regressions.rs`, which replays the seed corpus and every crash found
+//! through plain `cargo test`.
+//!
+//! The oracle: the input is accepted or rejected with the documented close code or
+//! status; never a panic; memory held stays within the configured limits whatever
+//! lengths the input declares; `Closed` comes at most once and last.
+//!
+//! Inputs that feed an engine start with one byte that chooses how the rest is split
+//! into reads (0: one read; otherwise chunk sizes from a generator seeded by it), so the
+//! fuzzer chooses the split points too.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use rfc6455::proto::mask::{apply_mask, apply_mask_reference};
+use rfc6455::proto::utf8::Utf8Validator;
+use rfc6455::{Accept, ClientRequest, CloseCode, Config, Connection, Event, FixedMaskGenerator, MessageKind, State};
+
+/// Small limits, so that the limit paths are reachable.
+fn config() -> Config {
+    Config { max_message_size: 64 * 1024, max_frame_size: 32 * 1024, max_handshake_size: 2048, max_headers: 16, ..Config::default() }
+}
+
+/// Splits `data` (after its first byte) into reads as the first byte says.
+fn reads(data: &[u8]) -> Vec<&[u8]> {
+    let Some((&mode, rest)) = data.split_first() else { return vec![] };
+    if mode == 0 {
+        return vec![rest];
+    }
+    let mut state = u32::from(mode).wrapping_mul(0x9E37_79B9) | 1;
+    let max = [1usize, 2, 3, 7, 16, 64, 500][usize::from(mode) % 7];
+    let mut out = Vec::new();
+    let mut rest = rest;
+    while !rest.is_empty() {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let n = (state as usize % max + 1).min(rest.len());
+        out.push(&rest[..n]);
+        rest = &rest[n..];
+    }
+    out
+}
+
+/// Drains events and checks the invariants that hold after any input.
+struct Watch {
+    closed: bool,
+    events: Vec<Event>,
+}
+
+impl Watch {
+    fn new() -> Self {
+        Watch { closed: false, events: Vec::new() }
+    }
+
+    fn drain(&mut self, c: &mut Connection) {
+        while let Some(e) = c.poll_event() {
+            assert!(!self.closed, "event after Closed: {e:?}");
+            if let Event::Closed(_) = e {
+                self.closed = true;
+                assert_eq!(c.state(), State::Closed);
+            }
+            self.events.push(e);
+        }
+        let cfg = c.config();
+        // Pinned memory is bounded by the limits, not by declared lengths.
+        let bound = 2 * cfg.max_message_size + 2 * cfg.max_handshake_size + 64 * 1024 + c.bytes_to_write();
+        assert!(c.buffered_bytes() <= bound, "{} bytes pinned", c.buffered_bytes());
+    }
+}
+
+fn feed(c: &mut Connection, data: &[u8], now: Instant) -> Watch {
+    let mut w = Watch::new();
+    let mut input = 0;
+    for chunk in reads(data) {
+        c.handle_bytes(now, chunk);
+        input += chunk.len();
+        w.drain(c);
+        // Output is proportional to input (pongs, close frames, an HTTP error).
+        assert!(c.bytes_to_write() <= 2 * input + 4096, "{} bytes to write for {input} bytes in", c.bytes_to_write());
+    }
+    c.handle_timeout(now + Duration::from_secs(3600));
+    w.drain(c);
+    c.handle_eof(now + Duration::from_secs(3600));
+    w.drain(c);
+    assert!(w.closed, "every connection ends after EOF and timeouts");
+    w
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn open_server(now: Instant) -> Connection {
+    let mut s = Connection::server(config(), now);
+    s.handle_bytes(now, REQUEST);
+    assert!(matches!(s.poll_event(), Some(Event::Request(_))));
+    s.accept(now, Accept::new()).unwrap();
+    assert!(matches!(s.poll_event(), Some(Event::Open { .. })));
+    drain_output(&mut s);
+    s
+}
+
+fn new_client(now: Instant) -> (Connection, String) {
+    let req = ClientRequest::new("ws://h/").unwrap();
+    let mut c = Connection::client_with_mask_generator(config(), &req, Box::new(FixedMaskGenerator([1, 2, 3, 4])), now).unwrap();
+    let request = String::from_utf8(drain_output(&mut c)).unwrap();
+    let key = request.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap().to_owned();
+    (c, rfc6455::proto::handshake::accept_key(key.as_bytes()))
+}
+
+fn open_client(now: Instant) -> Connection {
+    let (mut c, accept) = new_client(now);
+    let resp =
+        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+    c.handle_bytes(now, resp.as_bytes());
+    assert!(matches!(c.poll_event(), Some(Event::Open { .. })));
+    c
+}
+
+fn drain_output(c: &mut Connection) -> Vec<u8> {
+    let mut all = Vec::new();
+    loop {
+        let chunk = c.output().to_vec();
+        if chunk.is_empty() {
+            return all;
+        }
+        c.consume_output(chunk.len());
+        all.extend_from_slice(&chunk);
+    }
+}
+
+/// Arbitrary request bytes to a server.
+pub fn handshake_server(data: &[u8]) {
+    let now = Instant::now();
+    let mut s = Connection::server(config(), now);
+    let mut w = Watch::new();
+    for chunk in reads(data) {
+        s.handle_bytes(now, chunk);
+        while let Some(e) = s.poll_event() {
+            if let Event::Request(req) = &e {
+                // Whatever was accepted is a valid RFC 6455 request.
+                assert!(req.target.starts_with('/') || !req.target.is_empty());
+                let _ = req.protocols().count();
+                s.accept(now, Accept::new()).unwrap();
+            }
+            assert!(!w.closed);
+            w.closed |= matches!(e, Event::Closed(_));
+        }
+        w.drain(&mut s);
+    }
+    // Whatever happened, the server wrote nothing but an HTTP response (and frames after 101).
+    let out = drain_output(&mut s);
+    assert!(out.is_empty() || out.starts_with(b"HTTP/1.1 "), "{out:?}");
+}
+
+/// Arbitrary response bytes to a client.
+pub fn handshake_client(data: &[u8]) {
+    let now = Instant::now();
+    let (mut c, accept) = new_client(now);
+    // Half the inputs start from a valid 101 head so the fuzzer reaches the frame layer.
+    let mut input = Vec::new();
+    if data.first().is_some_and(|b| b & 0x80 != 0) {
+        input.push(data[0]);
+        input.extend_from_slice(
+            format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n")
+                .as_bytes(),
+        );
+        input.extend_from_slice(&data[1..]);
+    } else {
+        input.extend_from_slice(data);
+    }
+    let w = feed(&mut c, &input, now);
+    if let Some(Event::Open { protocol }) = w.events.first() {
+        assert!(protocol.is_none(), "we offered no subprotocol");
+    }
+}
+
+/// Arbitrary bytes to an open server, in arbitrary reads.
+pub fn frames_server(data: &[u8]) {
+    let now = Instant::now();
+    let mut s = open_server(now);
+    check_messages(&feed(&mut s, data, now), &config());
+}
+
+/// Arbitrary bytes to an open client, in arbitrary reads.
+pub fn frames_client(data: &[u8]) {
+    let now = Instant::now();
+    let mut c = open_client(now);
+    check_messages(&feed(&mut c, data, now), &config());
+}
+
+fn check_messages(w: &Watch, cfg: &Config) {
+    for e in &w.events {
+        match e {
+            Event::Binary(b) => assert!(b.len() <= cfg.max_message_size),
+            Event::Text(t) => assert!(t.len() <= cfg.max_message_size),
+            Event::Closed(c) => {
+                if let Some(err) = &c.error {
+                    let code = err.close_code();
+                    assert!(code == CloseCode::ABNORMAL || code.is_sendable());
+                    if code.is_sendable() {
+                        assert_eq!(c.sent.as_ref().map(|f| f.code), Some(code), "{c:?}");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The UTF-8 validator against `std::str::from_utf8`, over arbitrary splits.
+pub fn utf8(data: &[u8]) {
+    let pieces = reads(data);
+    let whole: Vec<u8> = pieces.concat();
+    let mut v = Utf8Validator::new();
+    let mut ok = true;
+    for p in &pieces {
+        if v.feed(p).is_err() {
+            ok = false;
+            break;
+        }
+    }
+    let ok = ok && v.finish().is_ok();
+    assert_eq!(ok, std::str::from_utf8(&whole).is_ok(), "{whole:x?}");
+}
+
+/// Fast masking against the byte-by-byte reference, at every key offset and split.
+pub fn mask(data: &[u8]) {
+    if data.len() < 6 {
+        return;
+    }
+    let key = [data[0], data[1], data[2], data[3]];
+    let offset = usize::from(data[4]) % 4;
+    let payload = &data[5..];
+    let split = usize::from(data[4]) % (payload.len() + 1);
+    let mut fast = payload.to_vec();
+    let next = apply_mask(&mut fast[..split], key, offset);
+    apply_mask(&mut fast[split..], key, next);
+    let mut reference = payload.to_vec();
+    apply_mask_reference(&mut reference, key, offset);
+    assert_eq!(fast, reference);
+    apply_mask(&mut fast, key, offset);
+    assert_eq!(fast, payload, "masking is an involution");
+}
+
+/// Arbitrary messages encoded by one engine and decoded by the other.
+pub fn roundtrip(data: &[u8]) {
+    let now = Instant::now();
+    let mut expected = Vec::new();
+    let mut client = open_client(now);
+    let mut server = open_server(now);
+    let mut rest = data;
+    while let [hdr, len, tail @ ..] = rest {
+        let n = (usize::from(*len) * 37).min(tail.len());
+        let (body, after) = tail.split_at(n);
+        rest = after;
+        let frames = usize::from(hdr >> 4) + 1;
+        let (kind, payload) = if hdr & 1 == 0 {
+            (MessageKind::Binary, body.to_vec())
+        } else {
+            (MessageKind::Text, String::from_utf8_lossy(body).into_owned().into_bytes())
+        };
+        let (sender, to_server) = if hdr & 2 == 0 { (&mut client, true) } else { (&mut server, false) };
+        if hdr & 4 != 0 && payload.len() <= 125 {
+            sender.ping(now, &payload).unwrap();
+            expected.push((to_server, Event::Ping(rfc6455::ControlPayload::new(&payload).unwrap())));
+            continue;
+        }
+        let step = payload.len().div_ceil(frames).max(1);
+        let chunks: Vec<&[u8]> = if payload.is_empty() { vec![&payload[..]] } else { payload.chunks(step).collect() };
+        for (i, c) in chunks.iter().enumerate() {
+            sender.send_fragment(kind, c, i + 1 == chunks.len()).unwrap();
+        }
+        let event = match kind {
+            MessageKind::Text => Event::Text(String::from_utf8(payload).unwrap()),
+            MessageKind::Binary => Event::Binary(payload),
+        };
+        expected.push((to_server, event));
+    }
+    let to_server = drain_output(&mut client);
+    let to_client = drain_output(&mut server);
+    server.handle_bytes(now, &to_server);
+    client.handle_bytes(now, &to_client);
+    let got_server: Vec<Event> = std::iter::from_fn(|| server.poll_event()).collect();
+    let got_client: Vec<Event> = std::iter::from_fn(|| client.poll_event()).collect();
+    let want_server: Vec<Event> = expected.iter().filter(|(s, _)| *s).map(|(_, e)| e.clone()).collect();
+    let want_client: Vec<Event> = expected.iter().filter(|(s, _)| !*s).map(|(_, e)| e.clone()).collect();
+    assert_eq!(got_server, want_server);
+    assert_eq!(got_client, want_client);
+}
+
+/// Arbitrary interleavings of commands, partial transfers, time and EOF on a pair.
+pub fn api_sequence(data: &[u8]) {
+    let mut now = Instant::now();
+    let (mut client, accept) = new_client(now);
+    let mut server = Connection::server(config(), now);
+    let mut c_to_s = drain_output(&mut client);
+    let mut s_to_c: Vec<u8> = Vec::new();
+    let (mut wc, mut ws) = (Watch::new(), Watch::new());
+    let _ = accept;
+    let mut sent_by_app = 0usize;
+    for op in data.chunks(2) {
+        let (code, arg) = (op[0], op.get(1).copied().unwrap_or(0));
+        let len = usize::from(arg);
+        let payload = vec![arg; len];
+        match code % 12 {
+            0 => {
+                let _ = client.send_text(&"é".repeat(len / 2));
+                sent_by_app += len;
+            }
+            1 => {
+                let _ = server.send_binary(&payload);
+                sent_by_app += len;
+            }
+            2 => {
+                let _ = client.ping(now, &payload[..len.min(125)]);
+            }
+            3 => {
+                let _ = server.ping(now, &payload[..len.min(126)]);
+            }
+            4 => {
+                let _ = client.close(now, CloseCode(u16::from(arg) * 20), "bye");
+            }
+            5 => {
+                let _ = server.close(now, CloseCode::NORMAL, "");
+            }
+            6 => now += Duration::from_millis(u64::from(arg) * 100),
+            7 => {
+                let n = len.min(c_to_s.len());
+                server.handle_bytes(now, &c_to_s[..n]);
+                c_to_s.drain(..n);
+            }
+            8 => {
+                let n = len.min(s_to_c.len());
+                client.handle_bytes(now, &s_to_c[..n]);
+                s_to_c.drain(..n);
+            }
+            9 => {
+                if arg & 1 == 0 {
+                    client.handle_eof(now);
+                } else {
+                    server.handle_eof(now);
+                }
+            }
+            10 => {
+                if arg & 1 == 0 {
+                    client.abort();
+                } else {
+                    server.abort();
+                }
+            }
+            _ => {
+                client.handle_timeout(now);
+                server.handle_timeout(now);
+            }
+        }
+        // The server accepts whatever request it gets.
+        while let Some(e) = server.poll_event() {
+            if let Event::Request(_) = e {
+                server.accept(now, Accept::new()).unwrap();
+            }
+            assert!(!ws.closed, "event after Closed");
+            ws.closed |= matches!(e, Event::Closed(_));
+        }
+        wc.drain(&mut client);
+        ws.drain(&mut server);
+        c_to_s.extend(drain_output(&mut client));
+        s_to_c.extend(drain_output(&mut server));
+        // Queued bytes never exceed what the application sent plus framing overhead.
+        let bound = 2 * sent_by_app + 64 * 1024 + 300 * data.len();
+        assert!(c_to_s.len() + s_to_c.len() <= bound, "unbounded output");
+    }
+}
