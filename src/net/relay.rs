@@ -7,6 +7,11 @@ use std::net::SocketAddr;
 use crate::net::server::{ConnId, Ctx, Handler, Rejection};
 use crate::{Accept, Closed, MessageKind, Request, SharedFrame};
 
+/// Frames a relay keeps for reuse.
+const FRAME_POOL: usize = 16;
+/// Largest message whose frame is kept for reuse.
+const FRAME_POOL_MAX: usize = 64 * 1024;
+
 /// Relays every message to all other clients in the same room. The room is the request
 /// path (`/lobby` and `/games` are separate; `/` is the default room). The sender does
 /// not get its own message back; per sender, order is preserved. Each relayed message
@@ -18,6 +23,8 @@ pub struct Relay {
     /// Connection -> its room, from the handshake until it closes.
     room_of: HashMap<ConnId, String>,
     relayed: u64,
+    /// Encoded frames kept for reuse once every recipient has written them.
+    frames: Vec<SharedFrame>,
 }
 
 impl Relay {
@@ -55,7 +62,19 @@ impl Handler for Relay {
         if members.len() < 2 {
             return;
         }
-        let frame = SharedFrame::new(kind, data);
+        // Reuse a frame no queue holds any more (no allocation in steady state).
+        let frame = match self.frames.iter_mut().position(|f| f.reuse(kind, data)) {
+            // Large frames are not kept: the pool stays small.
+            Some(i) if data.len() > FRAME_POOL_MAX => self.frames.swap_remove(i),
+            Some(i) => self.frames[i].clone(),
+            None => {
+                let f = SharedFrame::new(kind, data);
+                if self.frames.len() < FRAME_POOL && data.len() <= FRAME_POOL_MAX {
+                    self.frames.push(f.clone());
+                }
+                f
+            }
+        };
         for &peer in members {
             if peer != id {
                 ctx.send_shared(peer, &frame);

@@ -32,6 +32,8 @@ const SMALL_PIN: usize = 16 * 1024;
 /// Most buffers kept in the shared pool, and the largest kept.
 const POOL_BUFFERS: usize = 256;
 const POOL_BUFFER_MAX: usize = 64 * 1024;
+/// Message buffers lent to a connection for one read.
+const LEND_PER_READ: usize = 16;
 
 /// Identifies a connection within one server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,6 +155,8 @@ struct Table {
     stats: Arc<ServerStats>,
     /// Message buffers shared by all connections (idle connections hold none).
     pool: Vec<Vec<u8>>,
+    /// Output buffers shared likewise.
+    out_pool: Vec<Vec<u8>>,
     /// Sum of every connection's pinned bytes.
     pinned: usize,
     /// Connections not read from because the process-wide budget was exceeded.
@@ -339,6 +343,9 @@ pub struct Server<H: Handler> {
     shutdown: Arc<AtomicBool>,
     waker: Arc<Waker>,
     stats: Arc<ServerStats>,
+    /// Reused lists (no allocation per loop turn).
+    readable: Vec<usize>,
+    scratch: Vec<usize>,
 }
 
 impl<H: Handler> Server<H> {
@@ -362,6 +369,7 @@ impl<H: Handler> Server<H> {
                 reads: Vec::new(),
                 stats: stats.clone(),
                 pool: Vec::new(),
+                out_pool: Vec::new(),
                 pinned: 0,
                 memory_blocked: Vec::new(),
                 blocked_at: None,
@@ -372,6 +380,8 @@ impl<H: Handler> Server<H> {
             shutdown: Arc::new(AtomicBool::new(false)),
             waker,
             stats,
+            readable: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
@@ -430,7 +440,8 @@ impl<H: Handler> Server<H> {
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
-            let mut readable = std::mem::take(&mut self.table.reads);
+            let mut readable = std::mem::take(&mut self.readable);
+            std::mem::swap(&mut readable, &mut self.table.reads);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
@@ -447,9 +458,11 @@ impl<H: Handler> Server<H> {
             }
             readable.sort_unstable();
             readable.dedup();
-            for i in readable {
+            for &i in &readable {
                 self.read_conn(i, now);
             }
+            readable.clear();
+            self.readable = readable;
             self.run_timers(now);
             self.flush_dirty(now);
         }
@@ -541,21 +554,32 @@ impl<H: Handler> Server<H> {
                 Read1::WouldBlock => return,
                 Read1::Data(_) if lingering => {}
                 Read1::Data(n) => {
-                    // Lend a pooled buffer for the messages in this read; take it back if unused.
-                    if let Some(buf) = self.table.pool.pop() {
-                        if let Some(entry) = self.table.get(i) {
-                            entry.engine.recycle(buf);
+                    // Lend pooled buffers for the messages of this read (and for the
+                    // output), and take back what was not used: idle connections hold none.
+                    let Table { conns, pool, out_pool, .. } = &mut self.table;
+                    let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) else { return };
+                    for _ in 0..LEND_PER_READ {
+                        match pool.pop() {
+                            Some(buf) => entry.engine.recycle(buf),
+                            None => break,
                         }
                     }
-                    if let Some(entry) = self.table.get(i) {
-                        entry.engine.handle_bytes(now, &self.read_buf[..n]);
+                    if entry.engine.bytes_to_write() == 0 {
+                        if let Some(buf) = out_pool.pop() {
+                            entry.engine.lend_output_buffer(buf);
+                        }
                     }
+                    entry.engine.handle_bytes(now, &self.read_buf[..n]);
                     dispatch(&mut self.handler, &mut self.table, &self.cfg, now, i);
-                    if let Some(entry) = self.table.get(i) {
-                        let spare = entry.engine.take_spare();
-                        self.table.give_back(spare);
-                        self.table.update_pinned(i);
+                    let Table { conns, pool, .. } = &mut self.table;
+                    if let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) {
+                        while let Some(buf) = entry.engine.take_spare() {
+                            if pool.len() < POOL_BUFFERS {
+                                pool.push(buf);
+                            }
+                        }
                     }
+                    self.table.update_pinned(i);
                 }
                 Read1::Eof => {
                     if !lingering {
@@ -595,25 +619,19 @@ impl<H: Handler> Server<H> {
     }
 
     fn flush_dirty(&mut self, now: Instant) {
-        let mut dirty = std::mem::take(&mut self.table.dirty);
-        dirty.sort_unstable();
-        dirty.dedup();
-        for &i in &dirty {
-            self.settle(i, now);
-        }
-        dirty.clear();
-        // Handlers may have touched more connections while we settled (on_close).
+        // Two lists swapped back and forth: no allocation per turn.
+        let mut batch = std::mem::take(&mut self.scratch);
         while !self.table.dirty.is_empty() {
-            let mut more = std::mem::replace(&mut self.table.dirty, dirty);
-            more.sort_unstable();
-            more.dedup();
-            for &i in &more {
+            std::mem::swap(&mut batch, &mut self.table.dirty);
+            batch.sort_unstable();
+            batch.dedup();
+            // Handlers may touch more connections while these settle (on_close).
+            for &i in &batch {
                 self.settle(i, now);
             }
-            more.clear();
-            dirty = more;
+            batch.clear();
         }
-        self.table.dirty = dirty;
+        self.scratch = batch;
         if self.table.blocked_at.is_some_and(|at| self.table.pinned < at) {
             self.table.blocked_at = None;
             let blocked = std::mem::take(&mut self.table.memory_blocked);
@@ -629,6 +647,14 @@ impl<H: Handler> Server<H> {
             entry.socket.eof = true;
             entry.engine.abort();
             dispatch(&mut self.handler, &mut self.table, &self.cfg, now, i);
+        }
+        let Table { conns, out_pool, .. } = &mut self.table;
+        if let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) {
+            if let Some(buf) = entry.engine.reclaim_output_buffer() {
+                if out_pool.len() < POOL_BUFFERS && buf.capacity() <= POOL_BUFFER_MAX {
+                    out_pool.push(buf);
+                }
+            }
         }
         self.table.update_pinned(i);
         let budget = self.cfg.max_connection_memory.unwrap_or(self.cfg.protocol.max_message_size + hwm + (1 << 20));

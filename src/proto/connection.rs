@@ -192,16 +192,31 @@ pub enum Event {
 }
 
 /// A server frame encoded once and shared by many connections: server frames are
-/// unmasked, so the bytes are the same for every recipient (relay fan-out).
+/// unmasked, so the bytes are the same for every recipient (relay fan-out). Cloning
+/// is a reference-count increment.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SharedFrame(Arc<[u8]>);
+pub struct SharedFrame(Arc<Vec<u8>>);
 
 impl SharedFrame {
     /// Encodes a whole message as a single unmasked frame.
     pub fn new(kind: MessageKind, payload: &[u8]) -> Self {
         let mut v = Vec::with_capacity(payload.len() + MAX_HEADER_LEN);
         encode_frame(&mut v, true, kind.opcode(), None, payload);
-        Self(v.into())
+        Self(Arc::new(v))
+    }
+
+    /// Re-encodes this frame with a new message, reusing its buffer, if no connection
+    /// still holds it. Returns false (and changes nothing) while it is shared, so a
+    /// relay can keep a few frames and reuse whichever has been written everywhere.
+    pub fn reuse(&mut self, kind: MessageKind, payload: &[u8]) -> bool {
+        match Arc::get_mut(&mut self.0) {
+            Some(v) => {
+                v.clear();
+                encode_frame(v, true, kind.opcode(), None, payload);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The encoded bytes.
@@ -210,8 +225,6 @@ impl SharedFrame {
     }
 }
 
-/// An entry of the event queue: an event, or the point where a deferred close frame
-/// is written.
 #[derive(Debug)]
 enum Queued {
     Event(Event),
@@ -258,6 +271,8 @@ struct InFrame {
 
 /// How many of our pings are remembered for round-trip times.
 const PINGS_REMEMBERED: usize = 8;
+/// Most spare message buffers kept for reuse, and the largest kept.
+const SPARE_BUFFERS: usize = 64;
 /// Largest spare message buffer kept for reuse between messages.
 const SPARE_BUFFER_MAX: usize = 64 * 1024;
 
@@ -285,7 +300,9 @@ pub struct Connection {
     /// Bytes of that message received so far (across frames, for the limit).
     msg_len: usize,
     msg: Vec<u8>,
-    spare: Option<Vec<u8>>,
+    /// Buffers handed back by the application for the next messages.
+    spares: Vec<Vec<u8>>,
+    spare_bytes: usize,
     utf8: Utf8Validator,
     ctrl: ControlPayload,
 
@@ -346,7 +363,8 @@ impl Connection {
             msg_kind: None,
             msg_len: 0,
             msg: Vec::new(),
-            spare: None,
+            spares: Vec::new(),
+            spare_bytes: 0,
             utf8: Utf8Validator::new(),
             ctrl: ControlPayload::EMPTY,
             out: OutQueue::default(),
@@ -627,16 +645,30 @@ impl Connection {
     /// Hands a message buffer back (from [`Event::Binary`], [`Event::Frame`], or a
     /// `String` from [`Event::Text`] via `into_bytes`) so the next message reuses it.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() <= SPARE_BUFFER_MAX && buf.capacity() > self.spare.as_ref().map_or(0, Vec::capacity) {
+        if buf.capacity() > 0 && buf.capacity() <= SPARE_BUFFER_MAX && self.spares.len() < SPARE_BUFFERS {
             buf.clear();
-            self.spare = Some(buf);
+            self.spare_bytes += buf.capacity();
+            self.spares.push(buf);
         }
     }
 
     /// Takes back the spare buffer held for the next message, if any: an event loop can
     /// keep one pool of buffers for all its connections, so idle connections hold none.
     pub fn take_spare(&mut self) -> Option<Vec<u8>> {
-        self.spare.take()
+        let buf = self.spares.pop()?;
+        self.spare_bytes -= buf.capacity();
+        Some(buf)
+    }
+
+    /// Lends an empty buffer for the output queue, if it has none (see
+    /// [`Connection::take_spare`]; an event loop pools these too).
+    pub fn lend_output_buffer(&mut self, buf: Vec<u8>) {
+        self.out.lend(buf);
+    }
+
+    /// Takes the output queue's buffer back when nothing is queued.
+    pub fn reclaim_output_buffer(&mut self) -> Option<Vec<u8>> {
+        self.out.reclaim()
     }
 
     // ------------------------------------------------------------------ outputs
@@ -721,11 +753,7 @@ impl Connection {
     /// Bytes of memory this connection pins: partial message, buffers, output queue,
     /// pending events' payloads are not included (the application owns those).
     pub fn buffered_bytes(&self) -> usize {
-        self.msg.capacity()
-            + self.spare.as_ref().map_or(0, Vec::capacity)
-            + self.out.footprint()
-            + self.head.capacity()
-            + self.early.capacity()
+        self.msg.capacity() + self.spare_bytes + self.out.footprint() + self.head.capacity() + self.early.capacity()
     }
 
     /// The close frame received from the peer, if any (Qt's `closeCode()`/`closeReason()`).
@@ -991,7 +1019,8 @@ impl Connection {
             }
             Sink::Data => {
                 if self.msg.capacity() == 0 {
-                    if let Some(spare) = self.spare.take() {
+                    if let Some(spare) = self.spares.pop() {
+                        self.spare_bytes -= spare.capacity();
                         self.msg = spare;
                     }
                 }
@@ -1151,7 +1180,8 @@ impl Connection {
         self.discard = true;
         self.frame = None;
         self.msg = Vec::new();
-        self.spare = None;
+        self.spares = Vec::new();
+        self.spare_bytes = 0;
         self.early = Vec::new();
         self.head.clear();
         self.handshake_deadline = None;

@@ -12,7 +12,7 @@ enum Seg {
     /// The next `n` unsent bytes of the inline buffer.
     Inline(usize),
     /// A shared frame and how much of it has been sent.
-    Shared(Arc<[u8]>, usize),
+    Shared(Arc<Vec<u8>>, usize),
 }
 
 /// An ordered queue of outgoing bytes.
@@ -22,6 +22,8 @@ pub(crate) struct OutQueue {
     pos: usize,
     segs: VecDeque<Seg>,
     total: usize,
+    /// Full length of the shared frames queued (they are held until fully written).
+    shared: usize,
 }
 
 impl OutQueue {
@@ -41,11 +43,12 @@ impl OutQueue {
     }
 
     /// Appends a shared frame without copying it.
-    pub(crate) fn push_shared(&mut self, bytes: Arc<[u8]>) {
+    pub(crate) fn push_shared(&mut self, bytes: Arc<Vec<u8>>) {
         if bytes.is_empty() {
             return;
         }
         self.total += bytes.len();
+        self.shared += bytes.len();
         self.segs.push_back(Seg::Shared(bytes, 0));
     }
 
@@ -56,7 +59,7 @@ impl OutQueue {
 
     /// Memory held (capacity of the inline buffer plus queued shared frames).
     pub(crate) fn footprint(&self) -> usize {
-        self.buf.capacity() + self.segs.iter().map(|s| if let Seg::Shared(a, _) = s { a.len() } else { 0 }).sum::<usize>()
+        self.buf.capacity() + self.shared
     }
 
     /// The first contiguous run of queued bytes (empty when nothing is queued).
@@ -107,6 +110,7 @@ impl OutQueue {
                     *off += k;
                     n -= k;
                     if *off == a.len() {
+                        self.shared -= a.len();
                         self.segs.pop_front();
                     }
                 }
@@ -128,6 +132,26 @@ impl OutQueue {
         self.pos = 0;
         self.segs.clear();
         self.total = 0;
+        self.shared = 0;
+    }
+
+    /// Installs `buf` as the inline buffer if there is none.
+    pub(crate) fn lend(&mut self, mut buf: Vec<u8>) {
+        if self.buf.capacity() == 0 {
+            buf.clear();
+            self.buf = buf;
+            self.pos = 0;
+        }
+    }
+
+    /// Gives the inline buffer back when nothing is queued.
+    pub(crate) fn reclaim(&mut self) -> Option<Vec<u8>> {
+        if self.total == 0 && self.buf.capacity() > 0 {
+            self.pos = 0;
+            Some(std::mem::take(&mut self.buf))
+        } else {
+            None
+        }
     }
 
     /// Releases the inline buffer's memory when nothing is queued (idle connections).
@@ -147,7 +171,7 @@ mod tests {
     fn interleaves_inline_and_shared_in_order() {
         let mut q = OutQueue::default();
         q.write_with(|b| b.extend_from_slice(b"ab"));
-        q.push_shared(Arc::from(&b"cd"[..]));
+        q.push_shared(Arc::new(b"cd".to_vec()));
         q.write_with(|b| b.extend_from_slice(b"e"));
         q.write_with(|b| b.extend_from_slice(b"f"));
         assert_eq!(q.len(), 6);

@@ -1,0 +1,66 @@
+//! tokio-tungstenite echo or relay server on a single-threaded runtime.
+//! Usage: tungstenite_server ADDR [echo|relay]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+type Peers = Rc<RefCell<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
+
+fn main() {
+    let addr = rfc6455_peers::addr_arg("127.0.0.1:9102");
+    let relay = std::env::args().nth(2).as_deref() == Some("relay");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = TcpListener::bind(&addr).await.unwrap();
+        eprintln!("tokio-tungstenite {} on {addr}", if relay { "relay" } else { "echo" });
+        let peers: Peers = Rc::default();
+        let mut next_id = 0u64;
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            next_id += 1;
+            let id = next_id;
+            let peers = peers.clone();
+            tokio::task::spawn_local(async move {
+                let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                if !relay {
+                    let (mut tx, mut rx) = ws.split();
+                    while let Some(Ok(msg)) = rx.next().await {
+                        if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    return;
+                }
+                let (mut tx, mut rx) = ws.split();
+                let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+                peers.borrow_mut().insert(id, out_tx);
+                let writer = tokio::task::spawn_local(async move {
+                    while let Some(m) = out_rx.recv().await {
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                while let Some(Ok(msg)) = rx.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        for (other, sender) in peers.borrow().iter() {
+                            if *other != id {
+                                let _ = sender.send(msg.clone());
+                            }
+                        }
+                    }
+                }
+                peers.borrow_mut().remove(&id);
+                writer.abort();
+            });
+        }
+    });
+}
