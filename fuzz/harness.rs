@@ -182,6 +182,22 @@ pub fn frames_server(data: &[u8]) {
     check_messages(&feed(&mut s, data, now), &config());
 }
 
+/// Arbitrary bytes to an open server that negotiated permessage-deflate: compressed
+/// messages, bombs, corrupt streams, RSV1 in the wrong places.
+pub fn frames_deflate(data: &[u8]) {
+    let now = Instant::now();
+    let cfg = Config { deflate: Some(rfc6455::proto::deflate::DeflateConfig::default()), ..config() };
+    let mut s = Connection::server(cfg.clone(), now);
+    let req = String::from_utf8_lossy(REQUEST).replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+    s.handle_bytes(now, req.as_bytes());
+    assert!(matches!(s.poll_event(), Some(Event::Request(_))));
+    s.accept(now, Accept::new()).unwrap();
+    assert!(matches!(s.poll_event(), Some(Event::Open { .. })));
+    assert!(s.is_compressed());
+    drain_output(&mut s);
+    check_messages(&feed(&mut s, data, now), &cfg);
+}
+
 /// Arbitrary bytes to an open client, in arbitrary reads.
 pub fn frames_client(data: &[u8]) {
     let now = Instant::now();

@@ -76,6 +76,28 @@ client_seeds = {
 for i, (name, data) in enumerate(sorted(client_seeds.items())):
     write("frames_client", name, bytes([i % 7]) + data)
 
+# frames_deflate: compressed messages (RSV1), from RFC 7692 7.2.3 and zlib.
+import zlib
+
+
+def deflate(data, wbits=-15):
+    c = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    return out[:-4]
+
+
+deflate_seeds = {
+    "rfc7692_hello": frame(1, b"\xf2\x48\xcd\xc9\xc9\x07\x00", rsv=4),
+    "compressed_text": frame(1, deflate("κόσμε ".encode() * 200), rsv=4),
+    "compressed_fragmented": frame(2, deflate(bytes(5000))[:10], fin=False, rsv=4) + frame(0, deflate(bytes(5000))[10:]),
+    "bomb": frame(2, deflate(bytes(1 << 20)), rsv=4),
+    "rsv1_on_continuation": frame(1, b"a", fin=False) + frame(0, b"b", rsv=4),
+    "corrupt": frame(2, b"\xff\xff\xff\xff", rsv=4),
+    "empty_compressed": frame(1, b"\x00", rsv=4),
+}
+for i, (name, data) in enumerate(sorted(deflate_seeds.items())):
+    write("frames_deflate", name, bytes([i % 7]) + data)
+
 write("utf8", "greek", b"\x03" + "κόσμε".encode())
 write("utf8", "surrogate", b"\x01ab\xed\xa0\x80")
 write("utf8", "four_byte", b"\x02" + "𝄞𝄞".encode())

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 mod loadgen;
 use log::{error, info};
 use rfc6455::net::{Client, ClientError, ClientOptions, Echo, Handler, Relay, Server, ServerConfig};
+use rfc6455::proto::deflate::DeflateConfig;
 use rfc6455::{CloseCode, Config, Event, MessageKind};
 
 #[derive(Parser)]
@@ -63,6 +64,9 @@ enum Command {
         /// Largest message accepted, in bytes.
         #[arg(long, default_value_t = 16 << 20)]
         max_message_size: usize,
+        /// Offer permessage-deflate (RFC 7692) compression.
+        #[arg(long)]
+        deflate: bool,
     },
     /// Load generator: echo throughput and round trips, relay fan-out, idle connections.
     Bench {
@@ -109,6 +113,9 @@ enum Command {
         /// Agent name in the reports.
         #[arg(long, default_value = "rfc6455")]
         agent: String,
+        /// Offer permessage-deflate.
+        #[arg(long)]
+        deflate: bool,
     },
 }
 
@@ -145,9 +152,27 @@ struct ServerArgs {
     /// Size of the shared read buffer, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     read_buffer_size: usize,
+    /// Accept permessage-deflate (RFC 7692) compression when clients offer it.
+    #[arg(long)]
+    deflate: bool,
+    /// With --deflate: the largest LZ77 window (9-15 bits) either side may use;
+    /// smaller windows use less memory per connection.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u8).range(9..=15))]
+    deflate_window_bits: u8,
 }
 
 impl ServerArgs {
+    /// The permessage-deflate settings; a relay imposes no server context takeover so
+    /// that it can compress each message once for all recipients.
+    fn deflate_config(&self, relay: bool) -> DeflateConfig {
+        DeflateConfig {
+            server_no_context_takeover: relay,
+            server_max_window_bits: self.deflate_window_bits,
+            client_max_window_bits: self.deflate_window_bits,
+            ..DeflateConfig::default()
+        }
+    }
+
     fn config(&self) -> ServerConfig {
         let keepalive = self.keepalive.map(Duration::from_secs);
         ServerConfig {
@@ -157,6 +182,7 @@ impl ServerArgs {
                 ping_interval: keepalive,
                 pong_timeout: keepalive.map_or(Duration::from_secs(20), |k| k.max(Duration::from_secs(1))),
                 idle_timeout: self.idle_timeout.map(Duration::from_secs),
+                deflate: self.deflate.then(|| self.deflate_config(false)),
                 ..Config::default()
             },
             max_connections: self.max_connections,
@@ -172,11 +198,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log).parse_default_env().format_timestamp_millis().init();
     match cli.command {
-        Command::Relay { listen, server } => serve(listen, server.config(), Relay::new(), "relay"),
+        Command::Relay { listen, server } => {
+            let mut cfg = server.config();
+            let relay = if server.deflate {
+                let d = server.deflate_config(true);
+                cfg.protocol.deflate = Some(d.clone());
+                Relay::with_deflate(d)
+            } else {
+                Relay::new()
+            };
+            serve(listen, cfg, relay, "relay")
+        }
         Command::Echo { listen, server } => serve(listen, server.config(), Echo, "echo"),
-        Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size } => {
+        Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate } => {
             let mut opts = ClientOptions {
-                config: Config { max_message_size, max_frame_size: max_message_size, ..Config::default() },
+                config: Config {
+                    max_message_size,
+                    max_frame_size: max_message_size,
+                    deflate: deflate.then(DeflateConfig::default),
+                    ..Config::default()
+                },
                 protocols,
                 origin,
                 ..ClientOptions::default()
@@ -190,7 +231,7 @@ fn main() -> ExitCode {
             }
             run_client(&url, opts, binary, ping_interval.map(Duration::from_secs))
         }
-        Command::AutobahnClient { url, agent } => autobahn_client(&url, &agent),
+        Command::AutobahnClient { url, agent, deflate } => autobahn_client(&url, &agent, deflate),
         Command::Bench { mode, url, connections, in_flight, size, senders, duration, warmup, binary, quiet, server_pid } => {
             let params = loadgen::Params {
                 mode: match mode {
@@ -335,9 +376,14 @@ fn run_client(url: &str, mut opts: ClientOptions, binary: bool, ping_interval: O
 
 /// The Autobahn client runner: asks for the case count, runs each case echoing every
 /// message back, then asks the server to write its reports.
-fn autobahn_client(base: &str, agent: &str) -> ExitCode {
+fn autobahn_client(base: &str, agent: &str, deflate: bool) -> ExitCode {
     let opts = || ClientOptions {
-        config: Config { max_message_size: 64 << 20, max_frame_size: 64 << 20, ..Config::default() },
+        config: Config {
+            max_message_size: 64 << 20,
+            max_frame_size: 64 << 20,
+            deflate: deflate.then(DeflateConfig::default),
+            ..Config::default()
+        },
         connect_timeout: Duration::from_secs(30),
         ..ClientOptions::default()
     };

@@ -39,6 +39,11 @@ fn frames_server() {
 }
 
 #[test]
+fn frames_deflate() {
+    replay("frames_deflate", harness::frames_deflate);
+}
+
+#[test]
 fn frames_client() {
     replay("frames_client", harness::frames_client);
 }

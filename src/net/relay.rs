@@ -12,10 +12,35 @@ const FRAME_POOL: usize = 16;
 /// Largest message whose frame is kept for reuse.
 const FRAME_POOL_MAX: usize = 64 * 1024;
 
+/// Encoded frames kept for reuse once every queue that held them has written them.
+#[derive(Debug, Default)]
+struct FramePool(Vec<SharedFrame>);
+
+impl FramePool {
+    /// A frame for this message: a free pooled one re-encoded, or a new one.
+    fn frame(&mut self, kind: MessageKind, payload: &[u8], compressed: bool) -> SharedFrame {
+        let reuse = |f: &mut SharedFrame| if compressed { f.reuse_compressed(kind, payload) } else { f.reuse(kind, payload) };
+        match self.0.iter_mut().position(reuse) {
+            // Large frames are not kept: the pool stays small.
+            Some(i) if payload.len() > FRAME_POOL_MAX => self.0.swap_remove(i),
+            Some(i) => self.0[i].clone(),
+            None => {
+                let f = if compressed { SharedFrame::new_compressed(kind, payload) } else { SharedFrame::new(kind, payload) };
+                if self.0.len() < FRAME_POOL && payload.len() <= FRAME_POOL_MAX {
+                    self.0.push(f.clone());
+                }
+                f
+            }
+        }
+    }
+}
+
 /// Relays every message to all other clients in the same room. The room is the request
 /// path (`/lobby` and `/games` are separate; `/` is the default room). The sender does
 /// not get its own message back; per sender, order is preserved. Each relayed message
-/// is encoded once and the same bytes are queued for every recipient.
+/// is encoded once and the same bytes are queued for every recipient; with
+/// permessage-deflate, recipients that agreed to `server_no_context_takeover` (the relay
+/// asks for it) get one compressed encoding, shared likewise.
 #[derive(Debug, Default)]
 pub struct Relay {
     /// Room name -> members, in join order.
@@ -23,14 +48,25 @@ pub struct Relay {
     /// Connection -> its room, from the handshake until it closes.
     room_of: HashMap<ConnId, String>,
     relayed: u64,
-    /// Encoded frames kept for reuse once every recipient has written them.
-    frames: Vec<SharedFrame>,
+    plain: FramePool,
+    #[cfg(feature = "deflate")]
+    compressed: FramePool,
+    #[cfg(feature = "deflate")]
+    deflate: Option<(crate::proto::deflate::Deflater, crate::proto::deflate::DeflateConfig, Vec<u8>)>,
 }
 
 impl Relay {
     /// An empty relay.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A relay that compresses each relayed message once for the recipients that
+    /// negotiated permessage-deflate without server context takeover.
+    #[cfg(feature = "deflate")]
+    pub fn with_deflate(cfg: crate::proto::deflate::DeflateConfig) -> Self {
+        let deflater = crate::proto::deflate::Deflater::new(cfg.level, 15, true);
+        Self { deflate: Some((deflater, cfg, Vec::new())), ..Self::default() }
     }
 
     /// Members of `room` that are open.
@@ -62,23 +98,37 @@ impl Handler for Relay {
         if members.len() < 2 {
             return;
         }
-        // Reuse a frame no queue holds any more (no allocation in steady state).
-        let frame = match self.frames.iter_mut().position(|f| f.reuse(kind, data)) {
-            // Large frames are not kept: the pool stays small.
-            Some(i) if data.len() > FRAME_POOL_MAX => self.frames.swap_remove(i),
-            Some(i) => self.frames[i].clone(),
-            None => {
-                let f = SharedFrame::new(kind, data);
-                if self.frames.len() < FRAME_POOL && data.len() <= FRAME_POOL_MAX {
-                    self.frames.push(f.clone());
-                }
-                f
-            }
-        };
+        // Each encoding is made at most once, on first need.
+        let mut plain: Option<SharedFrame> = None;
+        #[cfg(feature = "deflate")]
+        let mut compressed: Option<SharedFrame> = None;
         for &peer in members {
-            if peer != id {
-                ctx.send_shared(peer, &frame);
+            if peer == id {
+                continue;
             }
+            #[cfg(feature = "deflate")]
+            if let Some((deflater, cfg, buf)) = self.deflate.as_mut() {
+                let shared_ok = ctx
+                    .engine(peer)
+                    .and_then(|e| e.deflate_params())
+                    .is_some_and(|p| p.server_no_context_takeover && p.server_max_window_bits == 15);
+                if shared_ok && data.len() >= cfg.min_size {
+                    let frame = compressed.get_or_insert_with(|| {
+                        buf.clear();
+                        deflater.compress(data, buf);
+                        self.compressed.frame(kind, buf, true)
+                    });
+                    ctx.send_shared(peer, frame);
+                    continue;
+                }
+                if ctx.engine(peer).is_some_and(|e| e.is_compressed()) {
+                    // Other parameters: the connection compresses for itself.
+                    ctx.send(peer, kind, data);
+                    continue;
+                }
+            }
+            let frame = plain.get_or_insert_with(|| self.plain.frame(kind, data, false));
+            ctx.send_shared(peer, frame);
         }
     }
 

@@ -47,6 +47,10 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Deliver whole messages or single frames. Default [`Delivery::Messages`].
     pub delivery: Delivery,
+    /// permessage-deflate (RFC 7692): what a client offers or a server accepts.
+    /// Default `None`: off.
+    #[cfg(feature = "deflate")]
+    pub deflate: Option<crate::proto::deflate::DeflateConfig>,
 }
 
 impl Default for Config {
@@ -62,6 +66,8 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(20),
             idle_timeout: None,
             delivery: Delivery::Messages,
+            #[cfg(feature = "deflate")]
+            deflate: None,
         }
     }
 }

@@ -36,8 +36,10 @@ use std::time::{Duration, Instant};
 
 use crate::proto::close::CloseCode;
 use crate::proto::config::{Config, Delivery};
+#[cfg(feature = "deflate")]
+use crate::proto::deflate::{self, DeflateParams, InflateError, Session};
 use crate::proto::error::{Error, HandshakeError, ProtocolError};
-use crate::proto::frame::{FrameHeader, MAX_HEADER_LEN, MessageKind, OpCode, decode_header, encode_frame};
+use crate::proto::frame::{FrameHeader, MAX_HEADER_LEN, MessageKind, OpCode, decode_header, encode_frame, encode_frame_rsv};
 use crate::proto::handshake::{self, Accept, ClientRequest, HeadReader, Request, Response};
 use crate::proto::mask::{MaskGenerator, RandomMaskGenerator, extend_unmasked};
 use crate::proto::output::OutQueue;
@@ -205,14 +207,31 @@ impl SharedFrame {
         Self(Arc::new(v))
     }
 
+    /// Encodes a message already compressed for permessage-deflate (RSV1 set): one
+    /// compression for every recipient that negotiated `server_no_context_takeover`.
+    pub fn new_compressed(kind: MessageKind, compressed: &[u8]) -> Self {
+        let mut v = Vec::with_capacity(compressed.len() + MAX_HEADER_LEN);
+        encode_frame_rsv(&mut v, true, 0b100, kind.opcode(), None, compressed);
+        Self(Arc::new(v))
+    }
+
     /// Re-encodes this frame with a new message, reusing its buffer, if no connection
     /// still holds it. Returns false (and changes nothing) while it is shared, so a
     /// relay can keep a few frames and reuse whichever has been written everywhere.
     pub fn reuse(&mut self, kind: MessageKind, payload: &[u8]) -> bool {
+        self.reuse_rsv(0, kind, payload)
+    }
+
+    /// [`SharedFrame::reuse`] for a message compressed as by [`SharedFrame::new_compressed`].
+    pub fn reuse_compressed(&mut self, kind: MessageKind, compressed: &[u8]) -> bool {
+        self.reuse_rsv(0b100, kind, compressed)
+    }
+
+    fn reuse_rsv(&mut self, rsv: u8, kind: MessageKind, payload: &[u8]) -> bool {
         match Arc::get_mut(&mut self.0) {
             Some(v) => {
                 v.clear();
-                encode_frame(v, true, kind.opcode(), None, payload);
+                encode_frame_rsv(v, true, rsv, kind.opcode(), None, payload);
                 true
             }
             None => false,
@@ -297,6 +316,13 @@ pub struct Connection {
     discard: bool,
     /// Kind of the data message being received, between its first and last frame.
     msg_kind: Option<MessageKind>,
+    /// That message is compressed (RSV1 on its first frame, permessage-deflate).
+    msg_compressed: bool,
+    /// Frames delivery of a compressed message: bytes inflated in earlier frames.
+    inflated_before: usize,
+    /// permessage-deflate, when negotiated.
+    #[cfg(feature = "deflate")]
+    pz: Option<Box<Session>>,
     /// Bytes of that message received so far (across frames, for the limit).
     msg_len: usize,
     msg: Vec<u8>,
@@ -361,6 +387,10 @@ impl Connection {
             frame: None,
             discard: false,
             msg_kind: None,
+            msg_compressed: false,
+            inflated_before: 0,
+            #[cfg(feature = "deflate")]
+            pz: None,
             msg_len: 0,
             msg: Vec::new(),
             spares: Vec::new(),
@@ -413,7 +443,11 @@ impl Connection {
         }
         let mut expected_accept = String::new();
         let mut out = OutQueue::default();
-        out.write_with(|b| expected_accept = request.write(b, key));
+        #[cfg(feature = "deflate")]
+        let offer = config.deflate.as_ref().map(deflate::client_offer);
+        #[cfg(not(feature = "deflate"))]
+        let offer: Option<String> = None;
+        out.write_with(|b| expected_accept = request.write(b, key, offer.as_deref()));
         let phase = Phase::ReadResponse { expected_accept, offered: request.protocols.clone() };
         let mut conn = Self::new(Role::Client, config, phase, Some(masks), now);
         conn.out = out;
@@ -513,9 +547,28 @@ impl Connection {
         let Phase::AwaitAccept(req) = &self.phase else {
             return Err(Error::InvalidState("no pending request to accept"));
         };
+        #[cfg(feature = "deflate")]
+        let pz = self.config.deflate.as_ref().and_then(|cfg| {
+            deflate::negotiate_server(
+                req.headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+                    .filter_map(|(_, v)| std::str::from_utf8(v).ok()),
+                cfg,
+            )
+            .map(|params| Box::new(Session::new(params, cfg, true)))
+        });
+        #[cfg(feature = "deflate")]
+        let ext = pz.as_ref().map(|z| z.params.to_header());
+        #[cfg(not(feature = "deflate"))]
+        let ext: Option<String> = None;
         let mut result = Ok(());
-        self.out.write_with(|b| result = handshake::write_accept(b, req, &accept));
+        self.out.write_with(|b| result = handshake::write_accept(b, req, &accept, ext.as_deref()));
         result?;
+        #[cfg(feature = "deflate")]
+        {
+            self.pz = pz;
+        }
         self.protocol = accept.protocol;
         self.open(now);
         let early = std::mem::take(&mut self.early);
@@ -555,6 +608,16 @@ impl Connection {
         self.check_open()?;
         if self.send_kind.is_some() {
             return Err(Error::FragmentSequence);
+        }
+        #[cfg(feature = "deflate")]
+        if let Some(pz) = self.pz.as_mut() {
+            if pz.wants(data.len()) {
+                // RFC 7692 §6.1: a compressed message has RSV1 set on its first frame.
+                pz.compress(data);
+                let mask = self.masks.as_mut().map(|m| m.next_key());
+                self.out.write_with(|b| encode_frame_rsv(b, true, 0b100, kind.opcode(), mask, &pz.scratch));
+                return Ok(());
+            }
         }
         self.write_frame(true, kind.opcode(), data);
         Ok(())
@@ -753,7 +816,11 @@ impl Connection {
     /// Bytes of memory this connection pins: partial message, buffers, output queue,
     /// pending events' payloads are not included (the application owns those).
     pub fn buffered_bytes(&self) -> usize {
-        self.msg.capacity() + self.spare_bytes + self.out.footprint() + self.head.capacity() + self.early.capacity()
+        #[cfg(feature = "deflate")]
+        let pz = self.pz.as_ref().map_or(0, |z| z.footprint());
+        #[cfg(not(feature = "deflate"))]
+        let pz = 0;
+        pz + self.msg.capacity() + self.spare_bytes + self.out.footprint() + self.head.capacity() + self.early.capacity()
     }
 
     /// The close frame received from the peer, if any (Qt's `closeCode()`/`closeReason()`).
@@ -774,6 +841,20 @@ impl Connection {
     /// Client: the server's 101 response, once open.
     pub fn response(&self) -> Option<&Response> {
         self.response.as_ref()
+    }
+
+    /// The permessage-deflate parameters, if the extension was negotiated.
+    #[cfg(feature = "deflate")]
+    pub fn deflate_params(&self) -> Option<DeflateParams> {
+        self.pz.as_ref().map(|z| z.params)
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub fn is_compressed(&self) -> bool {
+        #[cfg(feature = "deflate")]
+        return self.pz.is_some();
+        #[cfg(not(feature = "deflate"))]
+        return false;
     }
 
     /// The last measured ping round-trip time.
@@ -860,7 +941,25 @@ impl Connection {
         let Phase::ReadResponse { expected_accept, offered } = &self.phase else {
             return;
         };
-        match handshake::parse_response(self.head.head(), self.config.max_headers, expected_accept, offered) {
+        #[cfg(feature = "deflate")]
+        let mut negotiated: Option<DeflateParams> = None;
+        #[cfg(feature = "deflate")]
+        let deflate_cfg = self.config.deflate.clone();
+        // Any extension in the response must be one we offered (§4.1).
+        let mut check_ext = |value: &str| -> Result<(), HandshakeError> {
+            #[cfg(feature = "deflate")]
+            if let Some(cfg) = &deflate_cfg {
+                negotiated = Some(deflate::accept_response(value, cfg)?);
+                return Ok(());
+            }
+            Err(HandshakeError::UnexpectedExtension(value.to_owned()))
+        };
+        let parsed = handshake::parse_response(self.head.head(), self.config.max_headers, expected_accept, offered, &mut check_ext);
+        #[cfg(feature = "deflate")]
+        if let (Some(params), Some(cfg)) = (negotiated, &self.config.deflate) {
+            self.pz = Some(Box::new(Session::new(params, cfg, false)));
+        }
+        match parsed {
             Ok(resp) => {
                 self.protocol = resp.protocol.clone();
                 self.response = Some(resp);
@@ -953,6 +1052,8 @@ impl Connection {
             if h.opcode != OpCode::Continuation {
                 self.msg_kind = Some(if h.opcode == OpCode::Text { MessageKind::Text } else { MessageKind::Binary });
                 self.msg_len = 0;
+                self.msg_compressed = h.rsv & 0b100 != 0;
+                self.inflated_before = 0;
                 self.utf8.reset();
             }
             self.msg_len += h.payload_len as usize;
@@ -965,8 +1066,10 @@ impl Connection {
     }
 
     fn check_frame(&self, h: &FrameHeader) -> Result<(), ProtocolError> {
-        // §5.2: RSV1-3 "MUST be 0 unless an extension is negotiated".
-        if h.rsv != 0 {
+        // §5.2: RSV1-3 "MUST be 0 unless an extension is negotiated". RFC 7692 §6:
+        // permessage-deflate gives RSV1 a meaning on the first frame of a data message only.
+        let rsv1_allowed = self.is_compressed() && matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        if h.rsv & !(if rsv1_allowed { 0b100 } else { 0 }) != 0 {
             return Err(ProtocolError::ReservedBits(h.rsv));
         }
         // §5.1: clients mask every frame, servers mask none.
@@ -1025,7 +1128,20 @@ impl Connection {
                     }
                 }
                 let start = self.msg.len();
-                frame.mask_off = extend_unmasked(&mut self.msg, chunk, frame.mask, frame.mask_off);
+                if self.msg_compressed {
+                    // Unmask into the scratch buffer, then inflate (bounded) onto the message.
+                    #[cfg(feature = "deflate")]
+                    if let Some(pz) = self.pz.as_mut() {
+                        pz.scratch.clear();
+                        frame.mask_off = extend_unmasked(&mut pz.scratch, chunk, frame.mask, frame.mask_off);
+                        let limit = self.config.max_message_size - self.inflated_before;
+                        if let Err(e) = pz.inflate_scratch(&mut self.msg, limit) {
+                            return self.fail_inflate(now, e);
+                        }
+                    }
+                } else {
+                    frame.mask_off = extend_unmasked(&mut self.msg, chunk, frame.mask, frame.mask_off);
+                }
                 // §8.1: fail fast on invalid UTF-8, even inside a partially received frame.
                 if self.msg_kind == Some(MessageKind::Text) && self.utf8.feed(&self.msg[start..]).is_err() {
                     self.fail(now, ProtocolError::InvalidUtf8);
@@ -1048,11 +1164,26 @@ impl Connection {
             }
             Sink::Data => {
                 let kind = self.msg_kind.unwrap_or(MessageKind::Binary);
+                #[cfg(feature = "deflate")]
+                if frame.fin && self.msg_compressed {
+                    if let Some(pz) = self.pz.as_mut() {
+                        // RFC 7692 §7.2.2: the removed 00 00 ff ff tail ends the message.
+                        let start = self.msg.len();
+                        let limit = self.config.max_message_size - self.inflated_before;
+                        if let Err(e) = pz.finish(&mut self.msg, limit) {
+                            return self.fail_inflate(now, e);
+                        }
+                        if kind == MessageKind::Text && self.utf8.feed(&self.msg[start..]).is_err() {
+                            return self.fail(now, ProtocolError::InvalidUtf8);
+                        }
+                    }
+                }
                 if frame.fin && kind == MessageKind::Text && self.utf8.finish().is_err() {
                     return self.fail(now, ProtocolError::InvalidUtf8);
                 }
                 match self.config.delivery {
                     Delivery::Frames => {
+                        self.inflated_before += self.msg.len();
                         let data = self.take_msg();
                         self.emit(Event::Frame { kind, data, fin: frame.fin });
                     }
@@ -1075,6 +1206,15 @@ impl Connection {
                 }
             }
         }
+    }
+
+    #[cfg(feature = "deflate")]
+    fn fail_inflate(&mut self, now: Instant, e: InflateError) {
+        let err = match e {
+            InflateError::TooBig => ProtocolError::MessageTooBig { limit: self.config.max_message_size },
+            InflateError::Corrupt => ProtocolError::InvalidCompressedData,
+        };
+        self.fail(now, err);
     }
 
     fn take_msg(&mut self) -> Vec<u8> {

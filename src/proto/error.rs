@@ -36,6 +36,8 @@ pub enum ProtocolError {
     InvalidCloseCode(u16),
     /// Text (or a close reason) that is not UTF-8 (§8.1): 1007.
     InvalidUtf8,
+    /// A compressed message that is not valid deflate data (RFC 7692 §8): 1007.
+    InvalidCompressedData,
     /// A frame payload over [`crate::Config::max_frame_size`]: 1009.
     FrameTooBig { limit: usize },
     /// A message over [`crate::Config::max_message_size`]: 1009.
@@ -53,7 +55,7 @@ impl ProtocolError {
         use ProtocolError::*;
         match self {
             Handshake(_) | PongTimeout | IdleTimeout => CloseCode::ABNORMAL,
-            InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            InvalidUtf8 | InvalidCompressedData => CloseCode::INVALID_PAYLOAD,
             FrameTooBig { .. } | MessageTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
@@ -77,6 +79,7 @@ impl fmt::Display for ProtocolError {
             InvalidClosePayload => f.write_str("close frame with a 1-byte payload"),
             InvalidCloseCode(c) => write!(f, "invalid close code {c}"),
             InvalidUtf8 => f.write_str("invalid UTF-8 in text"),
+            InvalidCompressedData => f.write_str("invalid deflate data in a compressed message"),
             FrameTooBig { limit } => write!(f, "frame larger than {limit} bytes"),
             MessageTooBig { limit } => write!(f, "message larger than {limit} bytes"),
             PongTimeout => f.write_str("no pong within the keepalive timeout"),

@@ -170,8 +170,15 @@ pub fn encode_header(dst: &mut [u8; MAX_HEADER_LEN], fin: bool, opcode: OpCode, 
 /// Appends a whole frame (header and payload, masked when `mask` is given) to `out`.
 /// The payload is copied once and masked in place in the destination.
 pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8]) {
+    encode_frame_rsv(out, fin, 0, opcode, mask, payload);
+}
+
+/// [`encode_frame`] with RSV1-3 set from the low three bits of `rsv` (RSV1 = 0b100
+/// marks a compressed message under permessage-deflate).
+pub fn encode_frame_rsv(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8]) {
     let mut hdr = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut hdr, fin, opcode, mask, payload.len() as u64);
+    hdr[0] |= (rsv & 0x7) << 4;
     out.reserve(n + payload.len());
     out.extend_from_slice(&hdr[..n]);
     let start = out.len();

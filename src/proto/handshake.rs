@@ -242,7 +242,7 @@ impl Accept {
 }
 
 /// Writes the 101 response (§4.2.2).
-pub(crate) fn write_accept(out: &mut Vec<u8>, req: &Request, accept: &Accept) -> Result<(), Error> {
+pub(crate) fn write_accept(out: &mut Vec<u8>, req: &Request, accept: &Accept, extensions: Option<&str>) -> Result<(), Error> {
     if let Some(p) = &accept.protocol {
         if !req.protocols().any(|o| o == p) {
             return Err(Error::InvalidHeader(format!("subprotocol {p:?} was not offered")));
@@ -256,6 +256,9 @@ pub(crate) fn write_accept(out: &mut Vec<u8>, req: &Request, accept: &Accept) ->
     out.extend_from_slice(b"\r\n");
     if let Some(p) = &accept.protocol {
         out.extend_from_slice(format!("Sec-WebSocket-Protocol: {p}\r\n").as_bytes());
+    }
+    if let Some(e) = extensions {
+        out.extend_from_slice(format!("Sec-WebSocket-Extensions: {e}\r\n").as_bytes());
     }
     for (n, v) in &accept.headers {
         out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
@@ -410,8 +413,15 @@ impl ClientRequest {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self, Error> {
         let (name, value) = (name.into(), value.into());
         check_header(&name, &value)?;
-        const RESERVED: [&str; 6] =
-            ["host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version", "sec-websocket-protocol"];
+        const RESERVED: [&str; 7] = [
+            "host",
+            "upgrade",
+            "connection",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-protocol",
+            "sec-websocket-extensions",
+        ];
         if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
             return Err(Error::InvalidHeader(format!("{name} is set by the handshake")));
         }
@@ -420,7 +430,7 @@ impl ClientRequest {
     }
 
     /// Writes the request with `key` (16 random bytes) and returns the expected accept value.
-    pub(crate) fn write(&self, out: &mut Vec<u8>, key: [u8; 16]) -> String {
+    pub(crate) fn write(&self, out: &mut Vec<u8>, key: [u8; 16], extensions: Option<&str>) -> String {
         let key = BASE64.encode(key);
         out.extend_from_slice(format!("GET {} HTTP/1.1\r\nHost: {}\r\n", self.url.resource, self.url.host_header()).as_bytes());
         out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ");
@@ -428,6 +438,9 @@ impl ClientRequest {
         out.extend_from_slice(b"\r\n");
         if !self.protocols.is_empty() {
             out.extend_from_slice(format!("Sec-WebSocket-Protocol: {}\r\n", self.protocols.join(", ")).as_bytes());
+        }
+        if let Some(e) = extensions {
+            out.extend_from_slice(format!("Sec-WebSocket-Extensions: {e}\r\n").as_bytes());
         }
         for (n, v) in &self.headers {
             out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
@@ -461,6 +474,7 @@ pub(crate) fn parse_response(
     max_headers: usize,
     expected_accept: &str,
     offered: &[String],
+    check_extensions: &mut dyn FnMut(&str) -> Result<(), HandshakeError>,
 ) -> Result<Response, HandshakeError> {
     let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
     let mut resp = httparse::Response::new(&mut raw);
@@ -486,8 +500,14 @@ pub(crate) fn parse_response(
     {
         return Err(HandshakeError::BadAccept);
     }
-    if let Some(ext) = tokens(&headers, "sec-websocket-extensions").next() {
-        return Err(HandshakeError::UnexpectedExtension(ext.to_owned()));
+    // Every extension header value, joined as one list (it may be split over lines).
+    let ext: Vec<&str> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+        .map(|(_, v)| std::str::from_utf8(v).unwrap_or("\u{fffd}"))
+        .collect();
+    if !ext.is_empty() {
+        check_extensions(&ext.join(", "))?;
     }
     let chosen: Vec<&str> = tokens(&headers, "sec-websocket-protocol").collect();
     let protocol = match chosen[..] {
