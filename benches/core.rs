@@ -179,5 +179,67 @@ fn echo(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, masking, receive, utf8, handshake, echo);
+/// Compression samples: chat/JSON-like text, structured binary, random binary.
+#[cfg(feature = "deflate")]
+fn samples() -> Vec<(&'static str, Vec<u8>)> {
+    let json: Vec<u8> = (0..2000)
+        .flat_map(|i| {
+            format!(
+                r#"{{"id":{i},"user":"user{}","room":"lobby","text":"message number {i} in the room","ts":{}}},"#,
+                i % 37,
+                1764158400000u64 + i * 17
+            )
+            .into_bytes()
+        })
+        .take(64 * 1024)
+        .collect();
+    let structured: Vec<u8> = (0..64 * 1024 / 16)
+        .flat_map(|i: u32| [i.to_le_bytes(), (i * 3).to_le_bytes(), [1, 0, 0, 0], (i % 7).to_le_bytes()].concat())
+        .collect();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let random: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    vec![("json-64KiB", json), ("structured-binary-64KiB", structured), ("random-64KiB", random)]
+}
+
+#[cfg(feature = "deflate")]
+fn compression(c: &mut Criterion) {
+    use rfc6455::proto::deflate::{Deflater, Inflater};
+    let mut g = c.benchmark_group("deflate");
+    for (name, data) in samples() {
+        let mut d = Deflater::new(6, 15, true);
+        let mut compressed = Vec::new();
+        d.compress(&data, &mut compressed);
+        eprintln!("deflate {name}: {} -> {} bytes, ratio {:.2}", data.len(), compressed.len(), data.len() as f64 / compressed.len() as f64);
+        g.throughput(Throughput::Bytes(data.len() as u64));
+        let mut out = Vec::new();
+        g.bench_function(BenchmarkId::new("compress", name), |b| {
+            b.iter(|| {
+                out.clear();
+                d.compress(black_box(&data), &mut out);
+            })
+        });
+        let mut inf = Inflater::new(true);
+        let mut plain = Vec::new();
+        g.bench_function(BenchmarkId::new("inflate", name), |b| {
+            b.iter(|| {
+                plain.clear();
+                inf.inflate(black_box(&compressed), &mut plain, 1 << 20).unwrap();
+                inf.finish(&mut plain, 1 << 20).unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+#[cfg(not(feature = "deflate"))]
+fn compression(_: &mut Criterion) {}
+
+criterion_group!(benches, masking, receive, utf8, handshake, echo, compression);
 criterion_main!(benches);

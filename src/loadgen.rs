@@ -46,6 +46,9 @@ pub struct Params {
     pub quiet: bool,
     /// The server's process id: its CPU time and memory are sampled from /proc.
     pub server_pid: Option<u32>,
+    /// Offer permessage-deflate (without client context takeover, so one compressed
+    /// frame can be sent again and again) and send compressed messages.
+    pub deflate: bool,
 }
 
 /// Results of one run.
@@ -183,13 +186,20 @@ impl Conn {
     }
 }
 
-fn request(url: &Url) -> Vec<u8> {
+fn request(url: &Url, deflate: bool) -> Vec<u8> {
+    let ext = if deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n" } else { "" };
     format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n",
         url.resource,
         url.host_header()
     )
     .into_bytes()
+}
+
+/// A payload of `size` bytes that looks like chat or JSON text (compressible, not trivial).
+fn sample_payload(size: usize) -> Vec<u8> {
+    let text = br#"{"user":"ann","room":"lobby","text":"hello everyone, the match starts in five minutes","ts":1764158400123},"#;
+    text.iter().copied().cycle().take(size).collect()
 }
 
 /// Runs the load and returns its report.
@@ -202,7 +212,10 @@ pub fn run(p: &Params) -> io::Result<Report> {
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address for host"))?;
-    let req = request(&url);
+    let req = request(&url, p.deflate);
+    if p.deflate && p.mode == Mode::Relay {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "--deflate is for echo and idle (relay payloads carry raw timestamps)"));
+    }
     let rss_before = p.server_pid.and_then(process_rss);
     let mut cpu_at_start = None;
     let mut poll = Poll::new()?;
@@ -225,9 +238,17 @@ pub fn run(p: &Params) -> io::Result<Report> {
         });
     }
 
-    // Frames are built once: a payload of `size` bytes ('x'), masked.
+    // Frames are built once: a payload of `size` bytes, masked (and compressed once,
+    // without context, with --deflate).
     let mut frame = Vec::new();
-    encode_frame(&mut frame, true, p.kind.opcode(), Some(KEY), &vec![b'x'; p.size]);
+    let payload = if p.deflate { sample_payload(p.size) } else { vec![b'x'; p.size] };
+    if p.deflate {
+        let mut compressed = Vec::new();
+        rfc6455::proto::deflate::Deflater::new(6, 15, true).compress(&payload, &mut compressed);
+        rfc6455::proto::frame::encode_frame_rsv(&mut frame, true, 0b100, p.kind.opcode(), Some(KEY), &compressed);
+    } else {
+        encode_frame(&mut frame, true, p.kind.opcode(), Some(KEY), &payload);
+    }
     let frame_payload_offset = frame.len() - p.size;
     let mut rbuf = vec![0u8; 256 * 1024];
     let mut report = Report::default();

@@ -103,6 +103,9 @@ enum Command {
         /// Process id of the server (same machine): report its CPU time and memory.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// Offer permessage-deflate and send compressed messages (echo, idle).
+        #[arg(long)]
+        deflate: bool,
     },
     /// Runs the Autobahn|Testsuite client cases against a `wstest -m fuzzingserver`.
     #[command(hide = true)]
@@ -232,7 +235,7 @@ fn main() -> ExitCode {
             run_client(&url, opts, binary, ping_interval.map(Duration::from_secs))
         }
         Command::AutobahnClient { url, agent, deflate } => autobahn_client(&url, &agent, deflate),
-        Command::Bench { mode, url, connections, in_flight, size, senders, duration, warmup, binary, quiet, server_pid } => {
+        Command::Bench { mode, url, connections, in_flight, size, senders, duration, warmup, binary, quiet, server_pid, deflate } => {
             let params = loadgen::Params {
                 mode: match mode {
                     BenchMode::Echo => loadgen::Mode::Echo,
@@ -250,6 +253,7 @@ fn main() -> ExitCode {
                 kind: if binary || matches!(mode, BenchMode::Relay) { MessageKind::Binary } else { MessageKind::Text },
                 quiet,
                 server_pid,
+                deflate,
             };
             match loadgen::run(&params) {
                 Ok(mut report) => {

@@ -343,6 +343,8 @@ pub struct Server<H: Handler> {
     shutdown: Arc<AtomicBool>,
     waker: Arc<Waker>,
     stats: Arc<ServerStats>,
+    /// The engine configuration, shared by every connection.
+    protocol: Arc<Config>,
     /// Reused lists (no allocation per loop turn).
     readable: Vec<usize>,
     scratch: Vec<usize>,
@@ -356,6 +358,7 @@ impl<H: Handler> Server<H> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stats = Arc::new(ServerStats::default());
+        let protocol = Arc::new(cfg.protocol.clone());
         Ok(Self {
             local_addr: listener.local_addr()?,
             poll,
@@ -382,6 +385,7 @@ impl<H: Handler> Server<H> {
             stats,
             readable: Vec::new(),
             scratch: Vec::new(),
+            protocol,
         })
     }
 
@@ -494,7 +498,7 @@ impl<H: Handler> Server<H> {
                         self.free.push(idx);
                         continue;
                     }
-                    let engine = Connection::server(self.cfg.protocol.clone(), now);
+                    let engine = Connection::server(self.protocol.clone(), now);
                     self.table.conns[idx] = Some(Entry {
                         socket,
                         engine,

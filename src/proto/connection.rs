@@ -250,6 +250,13 @@ enum Queued {
     WriteClose,
 }
 
+/// What a client checks the response against.
+#[derive(Debug)]
+struct ClientHandshake {
+    expected_accept: String,
+    offered: Vec<String>,
+}
+
 #[derive(Debug)]
 enum Phase {
     /// Server: reading the request head.
@@ -257,10 +264,7 @@ enum Phase {
     /// Server: request emitted, waiting for accept or reject.
     AwaitAccept(Box<Request>),
     /// Client: request written, reading the response head.
-    ReadResponse {
-        expected_accept: String,
-        offered: Vec<String>,
-    },
+    ReadResponse(Box<ClientHandshake>),
     Open,
     /// We sent a close frame and wait for the peer's.
     Closing,
@@ -298,14 +302,15 @@ const SPARE_BUFFER_MAX: usize = 64 * 1024;
 /// One WebSocket connection's protocol state. See the module docs for how to drive it.
 pub struct Connection {
     role: Role,
-    config: Config,
+    /// Shared by all connections of a server (one allocation, not one per connection).
+    config: Arc<Config>,
     phase: Phase,
     masks: Option<Box<dyn MaskGenerator>>,
 
     head: HeadReader,
     /// Server: bytes that followed the request head, kept until accept.
     early: Vec<u8>,
-    response: Option<Response>,
+    response: Option<Box<Response>>,
     protocol: Option<String>,
 
     // Receiving.
@@ -330,7 +335,9 @@ pub struct Connection {
     spares: Vec<Vec<u8>>,
     spare_bytes: usize,
     utf8: Utf8Validator,
-    ctrl: ControlPayload,
+    /// The control frame being received; allocated on the first one (idle connections
+    /// that never see a control frame do not carry its 125 bytes).
+    ctrl: Option<Box<ControlPayload>>,
 
     // Sending.
     out: OutQueue,
@@ -341,6 +348,8 @@ pub struct Connection {
     /// A close frame is decided but waits in `events` behind earlier events, so that the
     /// application's answers to those events go out before it; sending is still allowed.
     close_pending: bool,
+    /// The event queue was released once after the handshake.
+    events_trimmed: bool,
 
     // Closing.
     initiator: Option<Side>,
@@ -371,7 +380,7 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    fn new(role: Role, config: Config, phase: Phase, masks: Option<Box<dyn MaskGenerator>>, now: Instant) -> Self {
+    fn new(role: Role, config: Arc<Config>, phase: Phase, masks: Option<Box<dyn MaskGenerator>>, now: Instant) -> Self {
         Self {
             role,
             handshake_deadline: config.handshake_timeout.map(|t| now + t),
@@ -396,11 +405,12 @@ impl Connection {
             spares: Vec::new(),
             spare_bytes: 0,
             utf8: Utf8Validator::new(),
-            ctrl: ControlPayload::EMPTY,
+            ctrl: None,
             out: OutQueue::default(),
             send_kind: None,
             events: VecDeque::new(),
             close_pending: false,
+            events_trimmed: false,
             initiator: None,
             close_sent: None,
             close_received: None,
@@ -416,24 +426,25 @@ impl Connection {
     }
 
     /// A server endpoint, waiting for the client's request.
-    pub fn server(config: Config, now: Instant) -> Self {
-        Self::new(Role::Server, config, Phase::ReadRequest, None, now)
+    pub fn server(config: impl Into<Arc<Config>>, now: Instant) -> Self {
+        Self::new(Role::Server, config.into(), Phase::ReadRequest, None, now)
     }
 
     /// A client endpoint; its request is queued for writing at once. Masking keys and
     /// the handshake key come from an OS-seeded CSPRNG.
-    pub fn client(config: Config, request: &ClientRequest, now: Instant) -> Result<Self, Error> {
+    pub fn client(config: impl Into<Arc<Config>>, request: &ClientRequest, now: Instant) -> Result<Self, Error> {
         Self::client_with_mask_generator(config, request, Box::new(RandomMaskGenerator::new()), now)
     }
 
     /// A client endpoint whose masking keys (and handshake key) come from `masks`
     /// (Qt's `setMaskGenerator`).
     pub fn client_with_mask_generator(
-        config: Config,
+        config: impl Into<Arc<Config>>,
         request: &ClientRequest,
         mut masks: Box<dyn MaskGenerator>,
         now: Instant,
     ) -> Result<Self, Error> {
+        let config: Arc<Config> = config.into();
         if request.url().secure {
             return Err(Error::TlsUnsupported);
         }
@@ -448,7 +459,7 @@ impl Connection {
         #[cfg(not(feature = "deflate"))]
         let offer: Option<String> = None;
         out.write_with(|b| expected_accept = request.write(b, key, offer.as_deref()));
-        let phase = Phase::ReadResponse { expected_accept, offered: request.protocols.clone() };
+        let phase = Phase::ReadResponse(Box::new(ClientHandshake { expected_accept, offered: request.protocols.clone() }));
         let mut conn = Self::new(Role::Client, config, phase, Some(masks), now);
         conn.out = out;
         Ok(conn)
@@ -484,7 +495,7 @@ impl Connection {
                     self.early.extend_from_slice(data);
                 }
             }
-            Phase::ReadResponse { .. } => self.read_response(now, data),
+            Phase::ReadResponse(_) => self.read_response(now, data),
             Phase::Open | Phase::Closing => self.read_frames(now, data),
             Phase::AwaitEof | Phase::Closed => {}
         }
@@ -494,7 +505,7 @@ impl Connection {
     pub fn handle_eof(&mut self, _now: Instant) {
         match self.phase {
             Phase::Closed => {}
-            Phase::ReadRequest | Phase::AwaitAccept(_) | Phase::ReadResponse { .. } => {
+            Phase::ReadRequest | Phase::AwaitAccept(_) | Phase::ReadResponse(_) => {
                 self.error.get_or_insert(ProtocolError::Handshake(HandshakeError::UnexpectedEof));
                 self.initiator.get_or_insert(Side::Remote);
                 self.finish();
@@ -513,7 +524,7 @@ impl Connection {
         let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
         match self.phase {
             Phase::Closed => {}
-            Phase::ReadRequest | Phase::AwaitAccept(_) | Phase::ReadResponse { .. } => {
+            Phase::ReadRequest | Phase::AwaitAccept(_) | Phase::ReadResponse(_) => {
                 if due(self.handshake_deadline) {
                     self.fail_handshake(HandshakeError::Timeout);
                 }
@@ -739,7 +750,16 @@ impl Connection {
     /// The next event, if any. Drain after every input or command.
     pub fn poll_event(&mut self) -> Option<Event> {
         loop {
-            match self.events.pop_front()? {
+            let Some(next) = self.events.pop_front() else {
+                // The handshake's events are done with: an idle connection holds no
+                // queue (a busy one allocates it once more, then keeps it).
+                if !self.events_trimmed && self.events.capacity() > 0 && matches!(self.phase, Phase::Open) {
+                    self.events_trimmed = true;
+                    self.events = VecDeque::new();
+                }
+                return None;
+            };
+            match next {
                 Queued::Event(e) => return Some(e),
                 Queued::WriteClose => {
                     self.close_pending = false;
@@ -777,7 +797,7 @@ impl Connection {
         };
         match self.phase {
             Phase::Closed => None,
-            Phase::ReadRequest | Phase::AwaitAccept(_) | Phase::ReadResponse { .. } => self.handshake_deadline,
+            Phase::ReadRequest | Phase::AwaitAccept(_) | Phase::ReadResponse(_) => self.handshake_deadline,
             Phase::Closing | Phase::AwaitEof => self.close_deadline,
             Phase::Open => {
                 let idle = self.config.idle_timeout.map(|t| self.last_received + t);
@@ -801,7 +821,7 @@ impl Connection {
     /// Connecting, open, closing or closed.
     pub fn state(&self) -> State {
         match self.phase {
-            Phase::ReadRequest | Phase::AwaitAccept(_) | Phase::ReadResponse { .. } => State::Connecting,
+            Phase::ReadRequest | Phase::AwaitAccept(_) | Phase::ReadResponse(_) => State::Connecting,
             Phase::Open => State::Open,
             Phase::Closing | Phase::AwaitEof => State::Closing,
             Phase::Closed => State::Closed,
@@ -840,7 +860,7 @@ impl Connection {
 
     /// Client: the server's 101 response, once open.
     pub fn response(&self) -> Option<&Response> {
-        self.response.as_ref()
+        self.response.as_deref()
     }
 
     /// The permessage-deflate parameters, if the extension was negotiated.
@@ -938,7 +958,7 @@ impl Connection {
             Ok(Some(rest)) => rest,
             Err(e) => return self.fail_handshake(e),
         };
-        let Phase::ReadResponse { expected_accept, offered } = &self.phase else {
+        let Phase::ReadResponse(hs) = &self.phase else {
             return;
         };
         #[cfg(feature = "deflate")]
@@ -954,7 +974,7 @@ impl Connection {
             }
             Err(HandshakeError::UnexpectedExtension(value.to_owned()))
         };
-        let parsed = handshake::parse_response(self.head.head(), self.config.max_headers, expected_accept, offered, &mut check_ext);
+        let parsed = handshake::parse_response(self.head.head(), self.config.max_headers, &hs.expected_accept, &hs.offered, &mut check_ext);
         #[cfg(feature = "deflate")]
         if let (Some(params), Some(cfg)) = (negotiated, &self.config.deflate) {
             self.pz = Some(Box::new(Session::new(params, cfg, false)));
@@ -962,7 +982,7 @@ impl Connection {
         match parsed {
             Ok(resp) => {
                 self.protocol = resp.protocol.clone();
-                self.response = Some(resp);
+                self.response = Some(Box::new(resp));
                 self.open(now);
                 self.read_frames(now, rest);
             }
@@ -1043,7 +1063,7 @@ impl Connection {
         }
         let closing = matches!(self.phase, Phase::Closing);
         let sink = if h.opcode.is_control() {
-            self.ctrl.len = 0;
+            self.ctrl.get_or_insert_with(|| Box::new(ControlPayload::EMPTY)).len = 0;
             Sink::Control
         } else if closing {
             // §7.1.2 (after sending close): nothing but the peer's close is processed.
@@ -1112,13 +1132,14 @@ impl Connection {
         match frame.sink {
             Sink::Skip => {}
             Sink::Control => {
-                let at = usize::from(self.ctrl.len);
-                let dst = &mut self.ctrl.buf[at..at + chunk.len()];
+                let Some(ctrl) = self.ctrl.as_deref_mut() else { return };
+                let at = usize::from(ctrl.len);
+                let dst = &mut ctrl.buf[at..at + chunk.len()];
                 dst.copy_from_slice(chunk);
                 if let Some(key) = frame.mask {
                     frame.mask_off = crate::proto::mask::apply_mask(dst, key, frame.mask_off);
                 }
-                self.ctrl.len += chunk.len() as u8;
+                ctrl.len += chunk.len() as u8;
             }
             Sink::Data => {
                 if self.msg.capacity() == 0 {
@@ -1155,7 +1176,7 @@ impl Connection {
         match frame.sink {
             Sink::Skip => {}
             Sink::Control => {
-                let payload = self.ctrl;
+                let payload = self.ctrl.as_deref().copied().unwrap_or(ControlPayload::EMPTY);
                 match frame.opcode {
                     OpCode::Ping => self.on_ping(payload),
                     OpCode::Pong => self.on_pong(now, payload),
