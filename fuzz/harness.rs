@@ -279,7 +279,7 @@ pub fn roundtrip(data: &[u8]) {
         let (sender, to_server) = if hdr & 2 == 0 { (&mut client, true) } else { (&mut server, false) };
         if hdr & 4 != 0 && payload.len() <= 125 {
             sender.ping(now, &payload).unwrap();
-            expected.push((to_server, Event::Ping(rfc6455::ControlPayload::new(&payload).unwrap())));
+            expected.push((to_server, Event::Ping(Box::new(rfc6455::ControlPayload::new(&payload).unwrap()))));
             continue;
         }
         let step = payload.len().div_ceil(frames).max(1);

@@ -109,10 +109,10 @@ fn ping_pong_reports_round_trip_time() {
     transfer(&mut p.client, &mut p.server, p.now);
     p.now += Duration::from_millis(42);
     p.pump();
-    assert!(matches!(&p.server_events[0], Event::Ping(x) if &**x == b"t1"));
+    assert!(matches!(&p.server_events[0], Event::Ping(x) if &***x == b"t1"));
     match &p.client_events[0] {
         Event::Pong { payload, rtt } => {
-            assert_eq!(&**payload, b"t1");
+            assert_eq!(&***payload, b"t1");
             assert_eq!(*rtt, Some(Duration::from_millis(42)));
         }
         e => panic!("{e:?}"),

@@ -56,7 +56,7 @@ fn rfc_5_7_ping_is_answered_with_a_pong() {
     // Unmasked ping to a client: the pong goes back masked with the same payload.
     let (mut c, now) = open_client(Config::default());
     c.handle_bytes(now, &[0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f]);
-    assert!(matches!(c.poll_event(), Some(Event::Ping(p)) if &*p == b"Hello"));
+    assert!(matches!(c.poll_event(), Some(Event::Ping(p)) if &**p == b"Hello"));
     let out = drain_output(&mut c);
     assert_eq!(out, [0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58]);
 }
@@ -88,7 +88,7 @@ fn control_frames_between_fragments() {
     bytes.extend(client_frame(true, OpCode::Continuation, b"lo"));
     s.handle_bytes(now, &bytes);
     let evs = events(&mut s);
-    assert!(matches!(&evs[0], Event::Ping(p) if &**p == b"p"));
+    assert!(matches!(&evs[0], Event::Ping(p) if &***p == b"p"));
     assert_eq!(evs[1], Event::Text("Hello".into()));
 }
 

@@ -51,7 +51,7 @@ fn expected(msgs: &[Msg]) -> Vec<Event> {
         .map(|m| match m {
             Msg::Text(s, _) => Event::Text(s.clone()),
             Msg::Binary(b, _) => Event::Binary(b.clone()),
-            Msg::Ping(p) => Event::Ping(rfc6455::ControlPayload::new(p).unwrap()),
+            Msg::Ping(p) => Event::Ping(Box::new(rfc6455::ControlPayload::new(p).unwrap())),
         })
         .collect()
 }

@@ -84,7 +84,7 @@ fn next_closed(c: &mut Client) -> rfc6455::Closed {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "timed out waiting for the close");
         if let Some(Event::Closed(closed)) = c.next_event(Some(left)).unwrap() {
-            return closed;
+            return *closed;
         }
     }
 }
@@ -311,7 +311,7 @@ fn echo_sends_every_message_back_unchanged() {
     loop {
         assert!(Instant::now() < deadline);
         if let Some(Event::Pong { payload, rtt }) = c.next_event(Some(WAIT)).unwrap() {
-            assert_eq!(&*payload, b"rtt");
+            assert_eq!(&**payload, b"rtt");
             assert!(rtt.is_some());
             break;
         }

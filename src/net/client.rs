@@ -159,7 +159,7 @@ impl Client {
             while let Some(ev) = self.engine.poll_event() {
                 match ev {
                     Event::Open { .. } => return Ok(()),
-                    Event::Closed(c) => return Err(ClientError::Closed(c)),
+                    Event::Closed(c) => return Err(ClientError::Closed(*c)),
                     other => self.queue.push_back(other),
                 }
             }

@@ -154,12 +154,14 @@ impl std::fmt::Debug for ControlPayload {
     }
 }
 
-/// What the engine reports to the application.
+/// What the engine reports to the application. Rare, large payloads (the handshake
+/// request, control payloads, the closing report) are boxed so that the event, moved
+/// once per message through the queue, stays small.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// Server: a valid opening handshake request; answer it with
     /// [`Connection::accept`] or [`Connection::reject`].
-    Request(Request),
+    Request(Box<Request>),
     /// The handshake is done; messages may flow.
     Open {
         /// The subprotocol agreed on, if any.
@@ -180,17 +182,17 @@ pub enum Event {
         fin: bool,
     },
     /// A ping arrived; the pong has already been queued.
-    Ping(ControlPayload),
+    Ping(Box<ControlPayload>),
     /// A pong arrived. `rtt` is the time since the matching ping was sent, when this
     /// pong answers one of ours (Qt's `pong(elapsedTime, payload)`).
     Pong {
         /// The pong's payload.
-        payload: ControlPayload,
+        payload: Box<ControlPayload>,
         /// Round-trip time of the ping it answers.
         rtt: Option<Duration>,
     },
     /// The connection is over. Always the last event, emitted exactly once.
-    Closed(Closed),
+    Closed(Box<Closed>),
 }
 
 /// A server frame encoded once and shared by many connections: server frames are
@@ -944,7 +946,7 @@ impl Connection {
             Ok(req) => {
                 self.head.clear();
                 self.early.extend_from_slice(rest);
-                self.emit(Event::Request(req.clone()));
+                self.emit(Event::Request(Box::new(req.clone())));
                 self.phase = Phase::AwaitAccept(Box::new(req));
                 let _ = now;
             }
@@ -1073,6 +1075,8 @@ impl Connection {
                 self.msg_kind = Some(if h.opcode == OpCode::Text { MessageKind::Text } else { MessageKind::Binary });
                 self.msg_len = 0;
                 self.msg_compressed = h.rsv & 0b100 != 0;
+                // A message's buffer holds only its own bytes (into_validated_string relies on it).
+                self.msg.clear();
                 self.inflated_before = 0;
                 self.utf8.reset();
             }
@@ -1212,10 +1216,8 @@ impl Connection {
                         let data = self.take_msg();
                         let event = match kind {
                             MessageKind::Binary => Event::Binary(data),
-                            MessageKind::Text => match String::from_utf8(data) {
-                                Ok(text) => Event::Text(text),
-                                Err(_) => return self.fail(now, ProtocolError::InvalidUtf8),
-                            },
+                            // Every byte went through `self.utf8`, which just finished Ok.
+                            MessageKind::Text => Event::Text(crate::proto::utf8::into_validated_string(data)),
                         };
                         self.emit(event);
                     }
@@ -1247,7 +1249,7 @@ impl Connection {
             // §5.5.2: answer with a pong carrying the same application data.
             self.write_frame(true, OpCode::Pong, &payload);
         }
-        self.emit(Event::Ping(payload));
+        self.emit(Event::Ping(Box::new(payload)));
     }
 
     fn on_pong(&mut self, now: Instant, payload: ControlPayload) {
@@ -1260,7 +1262,7 @@ impl Connection {
         if rtt.is_some() {
             self.last_rtt = rtt;
         }
-        self.emit(Event::Pong { payload, rtt });
+        self.emit(Event::Pong { payload: Box::new(payload), rtt });
     }
 
     fn on_close(&mut self, now: Instant, payload: &[u8]) {
@@ -1356,6 +1358,6 @@ impl Connection {
             received: self.close_received.clone(),
             error: self.error.clone(),
         };
-        self.emit(Event::Closed(closed));
+        self.emit(Event::Closed(Box::new(closed)));
     }
 }

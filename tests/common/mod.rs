@@ -173,7 +173,7 @@ pub fn open_client(cfg: Config) -> (Connection, Instant) {
 /// The last event must be Closed; returns it.
 pub fn expect_closed(events: &[Event]) -> Closed {
     match events.last() {
-        Some(Event::Closed(c)) => c.clone(),
+        Some(Event::Closed(c)) => (**c).clone(),
         other => panic!("expected Closed last, got {other:?} in {events:?}"),
     }
 }
