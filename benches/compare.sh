@@ -80,7 +80,7 @@ scenario() {
       rate=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$6); print $6}')
       p50=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$8); print $8}')
       p99=$(echo "$row" | awk -F'|' '{gsub(/ /,"",$9); print $9}')
-      cpu=$(grep -oE 'server CPU [0-9.]+ s over [0-9.]+ s \([0-9]+ %\)' "$log" | awk '{print $6}' | tr -d '(' || true)
+      cpu=$(grep -oE 'server CPU [0-9.]+ s over [0-9.]+ s \([0-9]+ %\)' "$log" | awk '{print $8}' | tr -d '(' || true)
       per=$(grep -oE ': [0-9]+ [a-z]+ per server CPU-second' "$log" | awk '{print $2}' || true)
       local rss
       rss=$(grep -oE '[0-9]+ bytes per open connection' "$log" | awk '{print $1}' || true)

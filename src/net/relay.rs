@@ -152,4 +152,10 @@ impl Handler for Echo {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: &[u8]) {
         ctx.send(id, kind, data);
     }
+
+    /// The received buffer goes straight back out: no copy of the payload.
+    fn on_message_owned(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: Vec<u8>) -> Option<Vec<u8>> {
+        ctx.send_owned(id, kind, data);
+        None
+    }
 }

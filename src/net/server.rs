@@ -31,7 +31,10 @@ const READ_BUDGET: usize = 16;
 const SMALL_PIN: usize = 16 * 1024;
 /// Most buffers kept in the shared pool, and the largest kept.
 const POOL_BUFFERS: usize = 256;
-const POOL_BUFFER_MAX: usize = 64 * 1024;
+const POOL_BUFFER_MAX: usize = 1 << 20;
+/// Most bytes the two pools keep together (bulk traffic reuses large buffers instead of
+/// faulting fresh pages in for every message; idle connections still hold none).
+const POOL_BYTES_MAX: usize = 32 << 20;
 /// Message buffers lent to a connection for one read.
 const LEND_PER_READ: usize = 16;
 
@@ -113,6 +116,13 @@ pub trait Handler {
     fn on_open(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
     /// A whole message arrived. `data` is only borrowed: its buffer is reused.
     fn on_message(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: &[u8]);
+    /// A whole message arrived, owned. The default lends it to [`Handler::on_message`]
+    /// and returns the buffer for reuse; a handler that passes the buffer on (see
+    /// [`Ctx::send_owned`]) returns `None`.
+    fn on_message_owned(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: Vec<u8>) -> Option<Vec<u8>> {
+        self.on_message(ctx, id, kind, &data);
+        Some(data)
+    }
     /// The connection is over (called once, for connections that were opened).
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId, _closed: &Closed) {}
 }
@@ -157,6 +167,8 @@ struct Table {
     pool: Vec<Vec<u8>>,
     /// Output buffers shared likewise.
     out_pool: Vec<Vec<u8>>,
+    /// Bytes held by both pools.
+    pool_bytes: usize,
     /// Sum of every connection's pinned bytes.
     pinned: usize,
     /// Connections not read from because the process-wide budget was exceeded.
@@ -172,11 +184,8 @@ impl Table {
 
     /// Returns a message buffer to the shared pool.
     fn give_back(&mut self, buf: Option<Vec<u8>>) {
-        if let Some(mut buf) = buf {
-            if self.pool.len() < POOL_BUFFERS && buf.capacity() <= POOL_BUFFER_MAX && buf.capacity() > 0 {
-                buf.clear();
-                self.pool.push(buf);
-            }
+        if let Some(buf) = buf {
+            pool_put(&mut self.pool, &mut self.pool_bytes, buf);
         }
     }
 
@@ -212,6 +221,12 @@ impl Ctx<'_> {
     /// connection is gone, not open, or congested.
     pub fn send(&mut self, id: ConnId, kind: MessageKind, data: &[u8]) -> bool {
         self.queue(id, |e| e.send(kind, data).is_ok())
+    }
+
+    /// Sends a message whose buffer is handed over (no copy; the buffer is reused once
+    /// written). Same result as `send`.
+    pub fn send_owned(&mut self, id: ConnId, kind: MessageKind, data: Vec<u8>) -> bool {
+        self.queue(id, move |e| e.send_owned(kind, data).is_ok())
     }
 
     /// Queues a frame encoded once for many recipients (no copy). Same result as `send`.
@@ -373,6 +388,7 @@ impl<H: Handler> Server<H> {
                 stats: stats.clone(),
                 pool: Vec::new(),
                 out_pool: Vec::new(),
+                pool_bytes: 0,
                 pinned: 0,
                 memory_blocked: Vec::new(),
                 blocked_at: None,
@@ -560,27 +576,29 @@ impl<H: Handler> Server<H> {
                 Read1::Data(n) => {
                     // Lend pooled buffers for the messages of this read (and for the
                     // output), and take back what was not used: idle connections hold none.
-                    let Table { conns, pool, out_pool, .. } = &mut self.table;
+                    let Table { conns, pool, out_pool, pool_bytes, .. } = &mut self.table;
                     let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) else { return };
                     for _ in 0..LEND_PER_READ {
                         match pool.pop() {
-                            Some(buf) => entry.engine.recycle(buf),
+                            Some(buf) => {
+                                *pool_bytes -= buf.capacity();
+                                entry.engine.recycle(buf);
+                            }
                             None => break,
                         }
                     }
                     if entry.engine.bytes_to_write() == 0 {
                         if let Some(buf) = out_pool.pop() {
+                            *pool_bytes -= buf.capacity();
                             entry.engine.lend_output_buffer(buf);
                         }
                     }
                     entry.engine.handle_bytes(now, &self.read_buf[..n]);
                     dispatch(&mut self.handler, &mut self.table, &self.cfg, now, i);
-                    let Table { conns, pool, .. } = &mut self.table;
+                    let Table { conns, pool, pool_bytes, .. } = &mut self.table;
                     if let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) {
                         while let Some(buf) = entry.engine.take_spare() {
-                            if pool.len() < POOL_BUFFERS {
-                                pool.push(buf);
-                            }
+                            pool_put(pool, pool_bytes, buf);
                         }
                     }
                     self.table.update_pinned(i);
@@ -652,12 +670,10 @@ impl<H: Handler> Server<H> {
             entry.engine.abort();
             dispatch(&mut self.handler, &mut self.table, &self.cfg, now, i);
         }
-        let Table { conns, out_pool, .. } = &mut self.table;
+        let Table { conns, out_pool, pool_bytes, .. } = &mut self.table;
         if let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) {
             if let Some(buf) = entry.engine.reclaim_output_buffer() {
-                if out_pool.len() < POOL_BUFFERS && buf.capacity() <= POOL_BUFFER_MAX {
-                    out_pool.push(buf);
-                }
+                pool_put(out_pool, pool_bytes, buf);
             }
         }
         self.table.update_pinned(i);
@@ -744,6 +760,16 @@ impl<H: Handler> Server<H> {
     }
 }
 
+/// Keeps `buf` in `pool` if it is worth keeping and the pools have room.
+fn pool_put(pool: &mut Vec<Vec<u8>>, pool_bytes: &mut usize, mut buf: Vec<u8>) {
+    let cap = buf.capacity();
+    if cap > 0 && cap <= POOL_BUFFER_MAX && pool.len() < POOL_BUFFERS && *pool_bytes + cap <= POOL_BYTES_MAX {
+        buf.clear();
+        *pool_bytes += cap;
+        pool.push(buf);
+    }
+}
+
 /// Hands connection `i`'s pending events to the handler, answering handshakes (with the
 /// origin policy) and giving message buffers back to the engine.
 fn dispatch<H: Handler>(handler: &mut H, table: &mut Table, cfg: &ServerConfig, now: Instant, i: usize) {
@@ -788,12 +814,12 @@ fn dispatch<H: Handler>(handler: &mut H, table: &mut Table, cfg: &ServerConfig, 
                 handler.on_open(&mut Ctx { table, now, cfg }, id);
             }
             Event::Text(text) => {
-                handler.on_message(&mut Ctx { table, now, cfg }, id, MessageKind::Text, text.as_bytes());
-                table.give_back(Some(text.into_bytes()));
+                let back = handler.on_message_owned(&mut Ctx { table, now, cfg }, id, MessageKind::Text, text.into_bytes());
+                table.give_back(back);
             }
             Event::Binary(data) => {
-                handler.on_message(&mut Ctx { table, now, cfg }, id, MessageKind::Binary, &data);
-                table.give_back(Some(data));
+                let back = handler.on_message_owned(&mut Ctx { table, now, cfg }, id, MessageKind::Binary, data);
+                table.give_back(back);
             }
             Event::Frame { .. } | Event::Ping(_) | Event::Pong { .. } => {}
             Event::Closed(closed) => {

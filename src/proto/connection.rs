@@ -299,7 +299,13 @@ const PINGS_REMEMBERED: usize = 8;
 /// Most spare message buffers kept for reuse, and the largest kept.
 const SPARE_BUFFERS: usize = 64;
 /// Largest spare message buffer kept for reuse between messages.
-const SPARE_BUFFER_MAX: usize = 64 * 1024;
+const SPARE_BUFFER_MAX: usize = 1 << 20;
+/// Payloads from this size on are queued by reference in `send_owned`; smaller are copied.
+const OWNED_SEND_MIN: usize = 4096;
+/// Most bytes of spare buffers one connection keeps.
+const SPARE_BYTES_MAX: usize = 2 << 20;
+/// An empty output buffer larger than this is released rather than kept.
+const OUTPUT_KEEP_MAX: usize = 1 << 20;
 
 /// One WebSocket connection's protocol state. See the module docs for how to drive it.
 pub struct Connection {
@@ -636,6 +642,35 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends a whole message in one frame without copying its payload: `data` is queued
+    /// as is (masked in place by a client) and reused as a message buffer once written.
+    /// An echo server hands a received message straight back this way.
+    pub fn send_owned(&mut self, kind: MessageKind, mut data: Vec<u8>) -> Result<(), Error> {
+        self.check_open()?;
+        if self.send_kind.is_some() {
+            return Err(Error::FragmentSequence);
+        }
+        // Small payloads are cheaper copied (one contiguous write) than queued apart.
+        #[cfg(feature = "deflate")]
+        let compress = self.pz.as_ref().is_some_and(|z| z.wants(data.len()));
+        #[cfg(not(feature = "deflate"))]
+        let compress = false;
+        if compress || data.len() < OWNED_SEND_MIN {
+            self.send(kind, &data)?;
+            self.recycle(data);
+            return Ok(());
+        }
+        let mask = self.masks.as_mut().map(|m| m.next_key());
+        let mut hdr = [0u8; MAX_HEADER_LEN];
+        let n = crate::proto::frame::encode_header(&mut hdr, true, kind.opcode(), mask, data.len() as u64);
+        self.out.write_with(|b| b.extend_from_slice(&hdr[..n]));
+        if let Some(key) = mask {
+            crate::proto::mask::apply_mask(&mut data, key, 0);
+        }
+        self.out.push_owned(data);
+        Ok(())
+    }
+
     /// Sends one frame of a fragmented message: the first call starts a message of
     /// `kind`, later calls (same `kind`) continue it, `fin` ends it. Control frames may
     /// be sent in between.
@@ -721,7 +756,11 @@ impl Connection {
     /// Hands a message buffer back (from [`Event::Binary`], [`Event::Frame`], or a
     /// `String` from [`Event::Text`] via `into_bytes`) so the next message reuses it.
     pub fn recycle(&mut self, mut buf: Vec<u8>) {
-        if buf.capacity() > 0 && buf.capacity() <= SPARE_BUFFER_MAX && self.spares.len() < SPARE_BUFFERS {
+        if buf.capacity() > 0
+            && buf.capacity() <= SPARE_BUFFER_MAX
+            && self.spares.len() < SPARE_BUFFERS
+            && self.spare_bytes + buf.capacity() <= SPARE_BYTES_MAX
+        {
             buf.clear();
             self.spare_bytes += buf.capacity();
             self.spares.push(buf);
@@ -786,8 +825,11 @@ impl Connection {
     /// Marks `n` bytes of the output as written.
     pub fn consume_output(&mut self, n: usize) {
         self.out.consume(n);
+        while let Some(buf) = self.out.take_done() {
+            self.recycle(buf);
+        }
         if self.out.len() == 0 {
-            self.out.shrink_if_empty(SPARE_BUFFER_MAX);
+            self.out.shrink_if_empty(OUTPUT_KEEP_MAX);
         }
     }
 

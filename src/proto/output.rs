@@ -13,6 +13,8 @@ enum Seg {
     Inline(usize),
     /// A shared frame and how much of it has been sent.
     Shared(Arc<Vec<u8>>, usize),
+    /// A payload handed over by the application, and how much of it has been sent.
+    Owned(Vec<u8>, usize),
 }
 
 /// An ordered queue of outgoing bytes.
@@ -22,8 +24,10 @@ pub(crate) struct OutQueue {
     pos: usize,
     segs: VecDeque<Seg>,
     total: usize,
-    /// Full length of the shared frames queued (they are held until fully written).
+    /// Bytes held by queued shared frames and owned payloads (until fully written).
     shared: usize,
+    /// Owned payloads fully written, for reuse as message buffers.
+    done: Vec<Vec<u8>>,
 }
 
 impl OutQueue {
@@ -52,6 +56,22 @@ impl OutQueue {
         self.segs.push_back(Seg::Shared(bytes, 0));
     }
 
+    /// Appends a payload without copying it (zero-copy echo of a received message).
+    pub(crate) fn push_owned(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            self.done.push(bytes);
+            return;
+        }
+        self.total += bytes.len();
+        self.shared += bytes.capacity();
+        self.segs.push_back(Seg::Owned(bytes, 0));
+    }
+
+    /// An owned payload that has been written, if any.
+    pub(crate) fn take_done(&mut self) -> Option<Vec<u8>> {
+        self.done.pop()
+    }
+
     /// Bytes waiting to be written.
     pub(crate) fn len(&self) -> usize {
         self.total
@@ -67,6 +87,7 @@ impl OutQueue {
         match self.segs.front() {
             Some(Seg::Inline(n)) => &self.buf[self.pos..self.pos + n],
             Some(Seg::Shared(a, off)) => &a[*off..],
+            Some(Seg::Owned(v, off)) => &v[*off..],
             None => &[],
         }
     }
@@ -83,6 +104,7 @@ impl OutQueue {
                     s
                 }
                 Seg::Shared(a, off) => &a[*off..],
+                Seg::Owned(v, off) => &v[*off..],
             });
             filled += 1;
         }
@@ -112,6 +134,17 @@ impl OutQueue {
                     if *off == a.len() {
                         self.shared -= a.len();
                         self.segs.pop_front();
+                    }
+                }
+                Seg::Owned(v, off) => {
+                    let k = n.min(v.len() - *off);
+                    *off += k;
+                    n -= k;
+                    if *off == v.len() {
+                        self.shared -= v.capacity();
+                        if let Some(Seg::Owned(v, _)) = self.segs.pop_front() {
+                            self.done.push(v);
+                        }
                     }
                 }
             }
