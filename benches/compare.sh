@@ -138,7 +138,7 @@ if [ "${SYSCALLS:-0}" = 1 ] && command -v strace >/dev/null; then
   echo
   echo "| server | echoed messages | syscalls | syscalls per message |"
   echo "|---|---|---|---|"
-  for srv in rfc6455-echo fastwebsockets-echo tungstenite-echo tcp-floor; do
+  for srv in rfc6455-echo fastwebsockets-echo tungstenite-echo; do
     port=$(port_of)
     start_server "$srv" "$port"
     strace -f -c -o "$out/strace-$srv.txt" -p "$server_pid" 2>/dev/null &
