@@ -3,10 +3,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::net::*;
 use common::*;
-use rfc6455::net::{Client, ClientOptions, Relay, Server, ServerConfig};
+use rfc6455::net::{Client, ClientOptions, Relay, ServerConfig};
 use rfc6455::proto::deflate::{DeflateConfig, Deflater};
 use rfc6455::proto::frame::{OpCode, decode_header, encode_frame_rsv};
 use rfc6455::{CloseCode, Config, Event, ProtocolError};
@@ -209,26 +210,14 @@ fn fragmented_compressed_messages_and_frame_delivery() {
 fn the_relay_compresses_once_for_all_recipients() {
     let d = DeflateConfig { server_no_context_takeover: true, ..DeflateConfig::default() };
     let cfg = ServerConfig { protocol: deflate_cfg(d.clone()), ..ServerConfig::default() };
-    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg, Relay::with_deflate(d)).unwrap();
-    let addr = server.local_addr();
-    let handle = server.shutdown_handle();
-    let t = std::thread::spawn(move || server.run());
+    let srv = Running::start(cfg, Relay::with_deflate(d));
     let opts = || ClientOptions { config: deflate_cfg(DeflateConfig::default()), ..ClientOptions::default() };
-    let url = format!("ws://{addr}/room");
-    let mut sender = Client::connect(&url, opts()).unwrap();
+    let mut sender = Client::connect(&srv.url("/room"), opts()).unwrap();
     assert!(sender.engine().deflate_params().unwrap().server_no_context_takeover, "the relay imposes it");
     // Two raw recipients that offered deflate: compare the bytes they get.
     let raw = || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /room HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n").unwrap();
-        let mut head = Vec::new();
-        let mut b = [0u8];
-        while !head.ends_with(b"\r\n\r\n") {
-            s.read_exact(&mut b).unwrap();
-            head.push(b[0]);
-        }
-        assert!(String::from_utf8_lossy(&head).contains("permessage-deflate; server_no_context_takeover"));
+        let (s, head) = raw_client_with(srv.addr, "/room", "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+        assert!(head.contains("permessage-deflate; server_no_context_takeover"), "{head}");
         s
     };
     let mut r1 = raw();
@@ -238,7 +227,7 @@ fn the_relay_compresses_once_for_all_recipients() {
     encode_frame_rsv(&mut hello, true, 0, OpCode::Text, Some([1, 2, 3, 4]), b"hello");
     r1.write_all(&hello).unwrap();
     loop {
-        if let Some(Event::Text(t)) = sender.next_event(Some(Duration::from_secs(10))).unwrap() {
+        if let Some(Event::Text(t)) = sender.next_event(Some(WAIT)).unwrap() {
             assert_eq!(t, "hello");
             break;
         }
@@ -273,6 +262,4 @@ fn the_relay_compresses_once_for_all_recipients() {
     assert_eq!((f1[0] >> 4) & 0b100, 0b100, "compressed");
     assert!(f1.len() < text.len() / 5);
     drop((sender, r1, r2));
-    handle.shutdown();
-    t.join().unwrap().unwrap();
 }

@@ -4,94 +4,19 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::net::*;
 use common::*;
-use rfc6455::net::{Client, ClientError, ClientOptions, Echo, Handler, Relay, Server, ServerConfig, ServerStats, ShutdownHandle};
-use rfc6455::proto::frame::{OpCode, decode_header, encode_frame};
+use rfc6455::net::{Client, ClientError, ClientOptions, Echo, Relay, ServerConfig};
+use rfc6455::proto::frame::{OpCode, encode_frame};
 use rfc6455::{Config, Error, Event, ProtocolError};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Running {
-    addr: SocketAddr,
-    handle: ShutdownHandle,
-    stats: Arc<ServerStats>,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Running {
-    fn start<H: Handler + Send + 'static>(cfg: ServerConfig, handler: H) -> Running {
-        let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg, handler).unwrap();
-        let (addr, handle, stats) = (server.local_addr(), server.shutdown_handle(), server.stats());
-        let thread = std::thread::spawn(move || server.run());
-        Running { addr, handle, stats, thread: Some(thread) }
-    }
-
-    fn client(&self, path: &str) -> Client {
-        Client::connect(&format!("ws://{}{path}", self.addr), ClientOptions::default()).unwrap()
-    }
-
-    fn wait_until(&self, what: &str, f: impl Fn(&ServerStats) -> bool) {
-        let deadline = Instant::now() + WAIT;
-        while !f(&self.stats) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", self.stats);
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn handshake(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-            .as_bytes(),
-    )
-    .unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut b).unwrap();
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
-}
-
-/// Reads until the server's close frame; returns its code (None if the socket ended first).
+/// The server's close code (the frames before it are skipped).
 fn close_code(s: &mut TcpStream) -> Option<u16> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while let Ok(Some((h, n))) = decode_header(&buf) {
-            let len = h.payload_len as usize;
-            if buf.len() < n + len {
-                break;
-            }
-            if h.opcode == OpCode::Close {
-                return Some(u16::from_be_bytes([buf[n], buf[n + 1]]));
-            }
-            buf.drain(..n + len);
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-        }
-    }
+    read_until_close(s).1
 }
 
 /// The socket is closed by the server (EOF or reset) within the wait.
@@ -122,7 +47,7 @@ fn masked(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
 fn huge_declared_lengths_cost_nothing_and_close_the_connection() {
     let srv = Running::start(ServerConfig::default(), Relay::new());
     for (len_bytes, want) in [([0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], 1009u16), ([0xFF; 8], 1002)] {
-        let mut s = handshake(srv.addr, "/");
+        let mut s = raw_client(srv.addr, "/");
         let mut frame = vec![0x82, 0xFF];
         frame.extend_from_slice(&len_bytes);
         frame.extend_from_slice(&[1, 2, 3, 4]);
@@ -229,7 +154,7 @@ fn many_fragments_just_under_the_limit_pin_at_most_the_limit() {
 fn an_echo_client_that_never_reads_meets_backpressure_with_bounded_memory() {
     let cfg = ServerConfig { high_water_mark: 1 << 20, ..ServerConfig::default() };
     let srv = Running::start(cfg, Echo);
-    let mut s = handshake(srv.addr, "/");
+    let mut s = raw_client(srv.addr, "/");
     s.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
     let frame = masked(OpCode::Binary, true, &vec![7u8; 64 * 1024]);
     let mut written = 0usize;
@@ -252,8 +177,8 @@ fn an_echo_client_that_never_reads_meets_backpressure_with_bounded_memory() {
 fn violations_close_with_the_right_code_and_relay_nothing() {
     let cfg = ServerConfig { protocol: Config { max_message_size: 1 << 16, ..Config::default() }, ..ServerConfig::default() };
     let srv = Running::start(cfg, Relay::new());
-    let mut watcher = srv.client("/room");
-    let mut helper = srv.client("/room");
+    let mut watcher = srv.connect("/room");
+    let mut helper = srv.connect("/room");
     let bad_close_reason = [&1000u16.to_be_bytes()[..], b"\xff"].concat();
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         (
@@ -293,7 +218,7 @@ fn violations_close_with_the_right_code_and_relay_nothing() {
         ("text then bad continuation", [masked(OpCode::Text, false, b"le"), masked(OpCode::Text, true, b"ak")].concat(), 1002),
     ];
     for (what, bytes, want) in cases {
-        let mut s = handshake(srv.addr, "/room");
+        let mut s = raw_client(srv.addr, "/room");
         s.write_all(&bytes).unwrap();
         // Data after the violation is not processed either.
         let _ = s.write_all(&masked(OpCode::Text, true, b"after"));
@@ -341,7 +266,7 @@ fn a_peer_that_stops_mid_frame_is_dropped_by_the_idle_timeout() {
         ..ServerConfig::default()
     };
     let srv = Running::start(cfg, Relay::new());
-    let mut s = handshake(srv.addr, "/");
+    let mut s = raw_client(srv.addr, "/");
     let frame = masked(OpCode::Binary, true, &[1u8; 1000]);
     s.write_all(&frame[..500]).unwrap();
     let start = Instant::now();
@@ -358,7 +283,7 @@ fn keepalive_drops_a_peer_that_does_not_answer_pings() {
         ..ServerConfig::default()
     };
     let srv = Running::start(cfg, Relay::new());
-    let mut s = handshake(srv.addr, "/"); // reads nothing, answers nothing
+    let mut s = raw_client(srv.addr, "/"); // reads nothing, answers nothing
     assert_closed_by_server(&mut s);
     drop(s);
     srv.wait_until("the socket is released", |s| s.connections() == 0);
@@ -376,11 +301,11 @@ fn two_hundred_hostile_clients_stay_within_the_memory_budget() {
         ..ServerConfig::default()
     };
     let srv = Running::start(cfg, Relay::new());
-    let mut alice = srv.client("/chat");
-    let mut bob = srv.client("/chat");
+    let mut alice = srv.connect("/chat");
+    let mut bob = srv.connect("/chat");
     let mut hostile = Vec::new();
     for _ in 0..200 {
-        let s = handshake(srv.addr, "/evil");
+        let s = raw_client(srv.addr, "/evil");
         s.set_nonblocking(true).unwrap();
         hostile.push(s);
     }

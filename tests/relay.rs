@@ -2,92 +2,16 @@
 //! messages, abrupt disconnects, bad handshakes, slow consumers, limits and shutdown.
 //! Every server binds port 0 on 127.0.0.1 and every wait is bounded.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rfc6455::net::{Client, ClientError, ClientOptions, Echo, Handler, Relay, Server, ServerConfig, ServerStats, ShutdownHandle};
-use rfc6455::proto::frame::{OpCode, decode_header, encode_frame};
+use common::net::*;
+use rfc6455::net::{Client, ClientError, ClientOptions, Echo, Relay, ServerConfig};
+use rfc6455::proto::frame::{OpCode, encode_frame};
 use rfc6455::{CloseCode, Config, Event, HandshakeError, MessageKind, ProtocolError};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Running {
-    addr: SocketAddr,
-    handle: ShutdownHandle,
-    stats: Arc<ServerStats>,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Running {
-    fn start<H: Handler + Send + 'static>(cfg: ServerConfig, handler: H) -> Running {
-        let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg, handler).unwrap();
-        let (addr, handle, stats) = (server.local_addr(), server.shutdown_handle(), server.stats());
-        let thread = std::thread::spawn(move || server.run());
-        Running { addr, handle, stats, thread: Some(thread) }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ws://{}{path}", self.addr)
-    }
-
-    fn connect(&self, path: &str) -> Client {
-        Client::connect(&self.url(path), ClientOptions::default()).unwrap()
-    }
-
-    /// Waits until the server holds `n` sockets.
-    fn wait_connections(&self, n: usize) {
-        let deadline = Instant::now() + WAIT;
-        while self.stats.connections() != n {
-            assert!(Instant::now() < deadline, "server holds {} connections, expected {n}", self.stats.connections());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn stop(&mut self) {
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The next data message, skipping control events; panics on timeout or close.
-fn next_message(c: &mut Client) -> (MessageKind, Vec<u8>) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "timed out waiting for a message");
-        match c.next_event(Some(left)).unwrap() {
-            Some(Event::Text(t)) => return (MessageKind::Text, t.into_bytes()),
-            Some(Event::Binary(b)) => return (MessageKind::Binary, b),
-            Some(Event::Closed(c)) => panic!("closed while waiting for a message: {c:?}"),
-            _ => {}
-        }
-    }
-}
-
-fn next_closed(c: &mut Client) -> rfc6455::Closed {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "timed out waiting for the close");
-        if let Some(Event::Closed(closed)) = c.next_event(Some(left)).unwrap() {
-            return *closed;
-        }
-    }
-}
 
 fn text(s: &str) -> (MessageKind, Vec<u8>) {
     (MessageKind::Text, s.as_bytes().to_vec())
@@ -209,48 +133,6 @@ fn past_the_connection_limit_new_clients_get_503_and_the_others_are_fine() {
     assert_eq!(next_message(&mut b), text("fine"));
     drop((a, b));
     srv.stop();
-}
-
-/// Performs a handshake on a raw socket and returns it (for a client that never reads).
-fn raw_client(addr: SocketAddr, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
-    s
-}
-
-/// Reads frames from a raw server stream until a close frame; returns (data frames, close code).
-fn read_until_close(s: &mut TcpStream) -> (usize, Option<u16>) {
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 1 << 16];
-    let mut frames = 0;
-    loop {
-        while let Ok(Some((h, n))) = decode_header(&buf) {
-            let len = h.payload_len as usize;
-            if buf.len() < n + len {
-                break;
-            }
-            if h.opcode == OpCode::Close {
-                return (frames, Some(u16::from_be_bytes([buf[n], buf[n + 1]])));
-            }
-            frames += 1;
-            buf.drain(..n + len);
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return (frames, None),
-            Ok(k) => buf.extend_from_slice(&chunk[..k]),
-        }
-    }
 }
 
 #[test]

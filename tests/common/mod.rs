@@ -2,6 +2,9 @@
 //! raw frame writer/reader for talking to one engine byte by byte.
 #![allow(dead_code)]
 
+#[cfg(feature = "net")]
+pub mod net;
+
 use std::time::{Duration, Instant};
 
 use rfc6455::proto::frame::{OpCode, decode_header, encode_frame};
