@@ -624,7 +624,7 @@ impl<H: Handler> Server<H> {
             self.timers.pop();
             let Some(entry) = self.table.get(i) else { continue };
             if entry.timer != Some(t) {
-                continue; // superseded by a later deadline
+                continue; // superseded (an earlier deadline took its place, or the slot was reused)
             }
             entry.timer = None;
             if entry.drop_at.is_some_and(|d| d <= now) {
@@ -720,10 +720,13 @@ impl<H: Handler> Server<H> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if deadline != entry.timer {
-            entry.timer = deadline;
-            if let Some(t) = deadline {
-                self.timers.push(Reverse((t, i)));
+        // One live heap entry per connection: a deadline that moved later (the idle
+        // timeout after every read) keeps the earlier entry, which wakes the loop once,
+        // finds nothing due, and is replaced; only an earlier deadline adds an entry.
+        if let Some(d) = deadline {
+            if entry.timer.is_none_or(|t| d < t) {
+                entry.timer = Some(d);
+                self.timers.push(Reverse((d, i)));
             }
         }
     }
