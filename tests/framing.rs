@@ -256,6 +256,7 @@ fn answers_to_events_before_a_failure_go_out_before_the_close_frame() {
     s.handle_bytes(now, &[client_frame(true, OpCode::Text, b"ok"), raw_frame(0xC1, true, b"x")].concat());
     let Some(Event::Text(t)) = s.poll_event() else { panic!() };
     s.send_text(&t).unwrap();
+    assert!(s.close(now, CloseCode::NORMAL, "").is_err(), "a close frame is already decided");
     expect_closed(&events(&mut s));
     assert!(s.send_text("too late").is_err());
     let frames = parse_frames(&drain_output(&mut s));

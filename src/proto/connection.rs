@@ -730,7 +730,10 @@ impl Connection {
         if reason.len() > 123 {
             return Err(Error::CloseReasonTooLong(reason.len()));
         }
-        self.check_open()?;
+        // Not while a close frame is already decided (close_pending): one close frame only.
+        if !matches!(self.phase, Phase::Open) {
+            return Err(Error::InvalidState("connection is not open"));
+        }
         self.initiator = Some(Side::Local);
         self.close_sent = Some(CloseFrame { code, reason: reason.to_owned() });
         self.write_close(code, reason);
