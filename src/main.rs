@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod loadgen;
 use log::{error, info};
-use rfc6455::net::{Client, ClientError, ClientOptions, Echo, Handler, Relay, Server, ServerConfig};
+use rfc6455::net::{Client, ClientOptions, Echo, Handler, Relay, Server, ServerConfig};
 use rfc6455::proto::deflate::DeflateConfig;
 use rfc6455::{CloseCode, Config, Event, MessageKind};
 
@@ -309,12 +309,8 @@ fn run_client(url: &str, mut opts: ClientOptions, binary: bool, ping_interval: O
     let mut client = match Client::connect(url, opts) {
         Ok(c) => c,
         Err(e) => {
+            // The message names the HTTP status of a refused handshake.
             eprintln!("error: cannot connect to {url}: {e}");
-            if let ClientError::Closed(c) = &e {
-                if let Some(rfc6455::ProtocolError::Handshake(rfc6455::HandshakeError::Status { status, .. })) = &c.error {
-                    eprintln!("server answered HTTP {status}");
-                }
-            }
             return ExitCode::FAILURE;
         }
     };
