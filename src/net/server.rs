@@ -189,6 +189,36 @@ impl Table {
         }
     }
 
+    /// Lends pooled buffers to connection `i` before a read: message buffers for the
+    /// messages it may complete, and an output buffer if it has none.
+    fn lend_buffers(&mut self, i: usize) {
+        let Table { conns, pool, out_pool, pool_bytes, .. } = self;
+        let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) else { return };
+        for buf in pool.drain(pool.len().saturating_sub(LEND_PER_READ)..) {
+            *pool_bytes -= buf.capacity();
+            entry.engine.recycle(buf);
+        }
+        if entry.engine.bytes_to_write() == 0 {
+            if let Some(buf) = out_pool.pop() {
+                *pool_bytes -= buf.capacity();
+                entry.engine.lend_output_buffer(buf);
+            }
+        }
+    }
+
+    /// Takes back what connection `i` does not use: spare message buffers, and its
+    /// output buffer once nothing is queued (idle connections hold none).
+    fn take_back_buffers(&mut self, i: usize) {
+        let Table { conns, pool, out_pool, pool_bytes, .. } = self;
+        let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) else { return };
+        while let Some(buf) = entry.engine.take_spare() {
+            pool_put(pool, pool_bytes, buf);
+        }
+        if let Some(buf) = entry.engine.reclaim_output_buffer() {
+            pool_put(out_pool, pool_bytes, buf);
+        }
+    }
+
     /// Re-counts what connection `i` pins.
     fn update_pinned(&mut self, i: usize) {
         let Some(entry) = self.conns.get_mut(i).and_then(Option::as_mut) else { return };
@@ -576,31 +606,12 @@ impl<H: Handler> Server<H> {
                 Read1::Data(n) => {
                     // Lend pooled buffers for the messages of this read (and for the
                     // output), and take back what was not used: idle connections hold none.
-                    let Table { conns, pool, out_pool, pool_bytes, .. } = &mut self.table;
-                    let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) else { return };
-                    for _ in 0..LEND_PER_READ {
-                        match pool.pop() {
-                            Some(buf) => {
-                                *pool_bytes -= buf.capacity();
-                                entry.engine.recycle(buf);
-                            }
-                            None => break,
-                        }
+                    self.table.lend_buffers(i);
+                    if let Some(entry) = self.table.get(i) {
+                        entry.engine.handle_bytes(now, &self.read_buf[..n]);
                     }
-                    if entry.engine.bytes_to_write() == 0 {
-                        if let Some(buf) = out_pool.pop() {
-                            *pool_bytes -= buf.capacity();
-                            entry.engine.lend_output_buffer(buf);
-                        }
-                    }
-                    entry.engine.handle_bytes(now, &self.read_buf[..n]);
                     dispatch(&mut self.handler, &mut self.table, &self.cfg, now, i);
-                    let Table { conns, pool, pool_bytes, .. } = &mut self.table;
-                    if let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) {
-                        while let Some(buf) = entry.engine.take_spare() {
-                            pool_put(pool, pool_bytes, buf);
-                        }
-                    }
+                    self.table.take_back_buffers(i);
                     self.table.update_pinned(i);
                 }
                 Read1::Eof => {
@@ -670,12 +681,7 @@ impl<H: Handler> Server<H> {
             entry.engine.abort();
             dispatch(&mut self.handler, &mut self.table, &self.cfg, now, i);
         }
-        let Table { conns, out_pool, pool_bytes, .. } = &mut self.table;
-        if let Some(entry) = conns.get_mut(i).and_then(Option::as_mut) {
-            if let Some(buf) = entry.engine.reclaim_output_buffer() {
-                pool_put(out_pool, pool_bytes, buf);
-            }
-        }
+        self.table.take_back_buffers(i);
         self.table.update_pinned(i);
         let budget = self.cfg.max_connection_memory.unwrap_or(self.cfg.protocol.max_message_size + hwm + (1 << 20));
         let Some(entry) = self.table.get(i) else { return };
