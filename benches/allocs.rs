@@ -61,9 +61,9 @@ const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConn
 fn open_server(now: Instant) -> Connection {
     let mut s = Connection::server(Config::default(), now);
     s.handle_bytes(now, REQUEST);
-    s.poll_event();
+    let _ = s.poll_event();
     s.accept(now, Accept::new()).unwrap();
-    s.poll_event();
+    let _ = s.poll_event();
     s.consume_output(usize::MAX);
     s
 }

@@ -19,9 +19,9 @@ fn open_server(cfg: Config) -> (Connection, Instant) {
     let now = Instant::now();
     let mut s = Connection::server(cfg, now);
     s.handle_bytes(now, REQUEST);
-    s.poll_event();
+    let _ = s.poll_event();
     s.accept(now, Accept::new()).unwrap();
-    s.poll_event();
+    let _ = s.poll_event();
     s.consume_output(usize::MAX);
     (s, now)
 }
@@ -103,7 +103,7 @@ fn handshake(c: &mut Criterion) {
         b.iter(|| {
             let mut s = Connection::server(Config::default(), now);
             s.handle_bytes(now, black_box(REQUEST));
-            s.poll_event();
+            let _ = s.poll_event();
             s.accept(now, Accept::new()).unwrap();
             black_box(s.output().len())
         })

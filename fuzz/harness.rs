@@ -102,7 +102,7 @@ fn open_server(now: Instant) -> Connection {
 
 fn new_client(now: Instant) -> (Connection, String) {
     let req = ClientRequest::new("ws://h/").unwrap();
-    let mut c = Connection::client_with_mask_generator(config(), &req, Box::new(FixedMaskGenerator([1, 2, 3, 4])), now).unwrap();
+    let mut c = Connection::client_with_mask_generator(config(), &req, Box::new(FixedMaskGenerator([1, 2, 3, 4])), now);
     let request = String::from_utf8(drain_output(&mut c)).unwrap();
     let key = request.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap().to_owned();
     (c, rfc6455::proto::handshake::accept_key(key.as_bytes()))
@@ -140,7 +140,7 @@ pub fn handshake_server(data: &[u8]) {
             if let Event::Request(req) = &e {
                 // Whatever was accepted is a valid RFC 6455 request.
                 assert!(req.target.starts_with('/') || !req.target.is_empty());
-                let _ = req.protocols().count();
+                let _ = req.subprotocols().count();
                 s.accept(now, Accept::new()).unwrap();
             }
             assert!(!w.closed);
@@ -170,7 +170,7 @@ pub fn handshake_client(data: &[u8]) {
         input.extend_from_slice(data);
     }
     let w = feed(&mut c, &input, now);
-    if let Some(Event::Open { protocol }) = w.events.first() {
+    if let Some(Event::Open { subprotocol: protocol }) = w.events.first() {
         assert!(protocol.is_none(), "we offered no subprotocol");
     }
 }

@@ -2,11 +2,11 @@
 //!
 //! A WebSocket (RFC 6455) engine in two layers:
 //!
-//! * [`proto`], a sans-IO core: handshakes, frames, masking, fragmentation, UTF-8
+//! * A sans-IO core ([`Connection`] and the types re-exported here): handshakes, frames, masking, fragmentation, UTF-8
 //!   validation, the closing handshake, ping/pong and limits. It owns no socket, no
 //!   clock and no thread: bytes and the current time go in, events and bytes come out,
 //!   so it can be embedded in any event loop, a game loop or a test.
-//! * `net` (feature `net`, on by default), a small mio event loop that drives the core:
+//! * [`net`] (feature `net`, on by default), a small mio event loop that drives the core:
 //!   the relay and echo servers and a blocking-style client.
 //!
 //! ## Driving the core
@@ -22,7 +22,7 @@
 //! use rfc6455::{Accept, ClientRequest, Config, Connection, Event};
 //!
 //! let now = Instant::now();
-//! let mut client = Connection::client(Config::default(), &ClientRequest::new("ws://example.com/chat").unwrap(), now).unwrap();
+//! let mut client = Connection::client(Config::default(), &ClientRequest::new("ws://example.com/chat").unwrap(), now);
 //! let mut server = Connection::server(Config::default(), now);
 //!
 //! // Move every queued byte from one engine to the other (a socket would do this).
@@ -47,6 +47,10 @@
 //! assert_eq!(server.poll_event(), Some(Event::Text("hello".into())));
 //! ```
 
+#![deny(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+#[doc(hidden)]
 pub mod proto;
 
 #[cfg(feature = "net")]
@@ -54,8 +58,11 @@ pub mod net;
 
 pub use proto::close::CloseCode;
 pub use proto::config::{Config, Delivery};
-pub use proto::connection::{CloseFrame, Closed, Connection, ControlPayload, Event, Role, SharedFrame, Side, State};
-pub use proto::error::{Error, HandshakeError, ProtocolError};
+pub use proto::connection::Connection;
+#[cfg(feature = "deflate")]
+pub use proto::deflate::{DeflateConfig, DeflateParams};
+pub use proto::error::{HandshakeError, ProtocolError, UsageError};
 pub use proto::frame::{MessageKind, OpCode};
-pub use proto::handshake::{Accept, ClientRequest, Request, Response, Url};
+pub use proto::handshake::{Accept, ClientRequest, Headers, Reject, Request, Response, Url, accept_key};
 pub use proto::mask::{FixedMaskGenerator, MaskGenerator, RandomMaskGenerator};
+pub use proto::types::{CloseFrame, Closed, ControlPayload, Event, MAX_CONTROL_PAYLOAD, Role, SharedFrame, Side, State};

@@ -10,7 +10,7 @@ use common::*;
 use rfc6455::net::{Client, ClientOptions, Relay, ServerConfig};
 use rfc6455::proto::deflate::{DeflateConfig, Deflater};
 use rfc6455::proto::frame::{OpCode, decode_header, encode_frame_rsv};
-use rfc6455::{CloseCode, Config, Event, ProtocolError};
+use rfc6455::{ClientRequest, CloseCode, Config, Event, ProtocolError};
 
 fn deflate_cfg(d: DeflateConfig) -> Config {
     Config { deflate: Some(d), ..Config::default() }
@@ -83,7 +83,7 @@ fn the_response_header_states_the_agreement() {
     let req = REQUEST
         .replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits; server_max_window_bits=10\r\n\r\n");
     s.handle_bytes(now, req.as_bytes());
-    s.poll_event();
+    let _ = s.poll_event();
     s.accept(now, rfc6455::Accept::new()).unwrap();
     let out = String::from_utf8(drain_output(&mut s)).unwrap();
     assert!(
@@ -94,7 +94,7 @@ fn the_response_header_states_the_agreement() {
     let mut s = rfc6455::Connection::server(deflate_cfg(DeflateConfig::default()), now);
     let req = REQUEST.replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=99\r\n\r\n");
     s.handle_bytes(now, req.as_bytes());
-    s.poll_event();
+    let _ = s.poll_event();
     s.accept(now, rfc6455::Accept::new()).unwrap();
     let out = String::from_utf8(drain_output(&mut s)).unwrap();
     assert!(!out.contains("Extensions"), "{out}");
@@ -209,10 +209,11 @@ fn fragmented_compressed_messages_and_frame_delivery() {
 #[test]
 fn the_relay_compresses_once_for_all_recipients() {
     let d = DeflateConfig { server_no_context_takeover: true, ..DeflateConfig::default() };
-    let cfg = ServerConfig { protocol: deflate_cfg(d.clone()), ..ServerConfig::default() };
+    let cfg = ServerConfig { engine: deflate_cfg(d.clone()), ..ServerConfig::default() };
     let srv = Running::start(cfg, Relay::with_deflate(d));
-    let opts = || ClientOptions { config: deflate_cfg(DeflateConfig::default()), ..ClientOptions::default() };
-    let mut sender = Client::connect(&srv.url("/room"), opts()).unwrap();
+    let mut opts = ClientOptions::new(ClientRequest::new(&srv.url("/room")).unwrap());
+    opts.config = deflate_cfg(DeflateConfig::default());
+    let mut sender = Client::connect(opts).unwrap();
     assert!(sender.engine().deflate_params().unwrap().server_no_context_takeover, "the relay imposes it");
     // Two raw recipients that offered deflate: compare the bytes they get.
     let raw = || {

@@ -233,19 +233,19 @@ fn bytes_after_a_failure_are_ignored() {
 #[test]
 fn commands_check_their_arguments() {
     let (mut s, now) = open_server(Config::default());
-    assert_eq!(s.ping(now, &[0; 126]), Err(rfc6455::Error::ControlPayloadTooLong(126)));
-    assert_eq!(s.close(now, CloseCode(1005), ""), Err(rfc6455::Error::InvalidCloseCode(1005)));
-    assert_eq!(s.close(now, CloseCode::NORMAL, &"x".repeat(124)), Err(rfc6455::Error::CloseReasonTooLong(124)));
+    assert_eq!(s.ping(now, &[0; 126]), Err(rfc6455::UsageError::ControlPayloadTooLong(126)));
+    assert_eq!(s.close(now, CloseCode(1005), ""), Err(rfc6455::UsageError::InvalidCloseCode(1005)));
+    assert_eq!(s.close(now, CloseCode::NORMAL, &"x".repeat(124)), Err(rfc6455::UsageError::CloseReasonTooLong(124)));
     s.send_fragment(MessageKind::Text, b"a", false).unwrap();
-    assert_eq!(s.send_text("b"), Err(rfc6455::Error::FragmentSequence));
-    assert_eq!(s.send_fragment(MessageKind::Binary, b"b", true), Err(rfc6455::Error::FragmentSequence));
+    assert_eq!(s.send_text("b"), Err(rfc6455::UsageError::FragmentSequence));
+    assert_eq!(s.send_fragment(MessageKind::Binary, b"b", true), Err(rfc6455::UsageError::FragmentSequence));
     s.ping(now, b"mid").unwrap();
     s.send_fragment(MessageKind::Text, b"b", true).unwrap();
     let frames = parse_frames(&drain_output(&mut s));
     let ops: Vec<_> = frames.iter().map(|f| (f.0, f.1)).collect();
     assert_eq!(ops, vec![(false, OpCode::Text), (true, OpCode::Ping), (true, OpCode::Continuation)]);
     s.close(now, CloseCode::NORMAL, "bye").unwrap();
-    assert!(matches!(s.send_text("x"), Err(rfc6455::Error::InvalidState(_))));
+    assert!(matches!(s.send_text("x"), Err(rfc6455::UsageError::NotOpen { .. })));
 }
 
 #[test]

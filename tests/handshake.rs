@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use rfc6455::{Accept, ClientRequest, Config, Connection, Error, Event, HandshakeError, ProtocolError, State};
+use rfc6455::{Accept, ClientRequest, Config, Connection, Event, HandshakeError, ProtocolError, Reject, State, UsageError};
 
 fn server_answer(request: &[u8]) -> (String, Vec<Event>) {
     let now = Instant::now();
@@ -33,16 +33,16 @@ fn server_accepts_the_rfc_example_and_computes_the_accept_key() {
     assert_eq!(req.query(), Some("room=1"));
     assert_eq!(req.host(), Some("server.example.com"));
     assert_eq!(req.origin(), Some("http://example.com"));
-    assert_eq!(req.protocols().collect::<Vec<_>>(), ["chat", "superchat"]);
+    assert_eq!(req.subprotocols().collect::<Vec<_>>(), ["chat", "superchat"]);
     assert_eq!(s.state(), State::Connecting);
-    s.accept(now, Accept::new().protocol("chat").header("X-Server", "rfc6455")).unwrap();
+    s.accept(now, Accept::new().subprotocol("chat").header("X-Server", "rfc6455")).unwrap();
     let out = String::from_utf8(drain_output(&mut s)).unwrap();
     assert!(out.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{out}");
     assert!(out.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{out}");
     assert!(out.contains("Sec-WebSocket-Protocol: chat\r\n"));
     assert!(out.contains("X-Server: rfc6455\r\n"));
     assert!(out.ends_with("\r\n\r\n"));
-    assert_eq!(s.poll_event(), Some(Event::Open { protocol: Some("chat".into()) }));
+    assert_eq!(s.poll_event(), Some(Event::Open { subprotocol: Some("chat".into()) }));
     assert_eq!(s.state(), State::Open);
 }
 
@@ -51,9 +51,9 @@ fn server_refuses_a_subprotocol_that_was_not_offered() {
     let now = Instant::now();
     let mut s = Connection::server(Config::default(), now);
     s.handle_bytes(now, REQUEST.as_bytes());
-    s.poll_event();
-    assert!(matches!(s.accept(now, Accept::new().protocol("mqtt")), Err(Error::InvalidHeader(_))));
-    assert!(matches!(s.accept(now, Accept::new().header("X-Bad", "a\r\nb")), Err(Error::InvalidHeader(_))));
+    let _ = s.poll_event();
+    assert!(matches!(s.accept(now, Accept::new().subprotocol("mqtt")), Err(UsageError::SubprotocolNotOffered(_))));
+    assert!(matches!(s.accept(now, Accept::new().header("X-Bad", "a\r\nb")), Err(UsageError::InvalidHeaderValue { .. })));
     assert_eq!(s.state(), State::Connecting);
 }
 
@@ -142,8 +142,8 @@ fn reject_answers_with_status_and_body() {
     let now = Instant::now();
     let mut s = Connection::server(Config::default(), now);
     s.handle_bytes(now, REQUEST.as_bytes());
-    s.poll_event();
-    s.reject(403, &[("X-Why".into(), "origin".into())], b"forbidden").unwrap();
+    let _ = s.poll_event();
+    s.reject(&Reject::new(403).header("X-Why", "origin").body("forbidden")).unwrap();
     let out = String::from_utf8(drain_output(&mut s)).unwrap();
     assert!(out.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{out}");
     assert!(out.contains("X-Why: origin\r\n") && out.contains("Content-Length: 9\r\n") && out.ends_with("forbidden"));
@@ -153,8 +153,8 @@ fn reject_answers_with_status_and_body() {
 
 fn client_against(response: impl FnOnce(&str) -> String) -> (Connection, Vec<Event>) {
     let now = Instant::now();
-    let req = ClientRequest::new("ws://127.0.0.1:9001/lobby?x=1").unwrap().protocol("chat").unwrap().origin("http://o.example").unwrap();
-    let mut c = Connection::client(Config::default(), &req, now).unwrap();
+    let req = ClientRequest::new("ws://127.0.0.1:9001/lobby?x=1").unwrap().subprotocol("chat").unwrap().origin("http://o.example").unwrap();
+    let mut c = Connection::client(Config::default(), &req, now);
     let request = String::from_utf8(drain_output(&mut c)).unwrap();
     assert!(request.starts_with("GET /lobby?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9001\r\n"), "{request}");
     assert!(request.contains("Sec-WebSocket-Protocol: chat\r\n") && request.contains("Origin: http://o.example\r\n"));
@@ -173,7 +173,7 @@ fn client_validates_the_response() {
         )
     };
     let (c, evs) = client_against(good);
-    assert_eq!(evs, vec![Event::Open { protocol: Some("chat".into()) }]);
+    assert_eq!(evs, vec![Event::Open { subprotocol: Some("chat".into()) }]);
     assert_eq!(c.response().unwrap().status, 101);
 
     let (_, evs) = client_against(|_| "HTTP/1.1 302 Found\r\nLocation: ws://elsewhere/\r\n\r\n".into());
@@ -186,7 +186,7 @@ fn client_validates_the_response() {
     let (_, evs) = client_against(|_| good("AAAAAAAAAAAAAAAAAAAAAAAAAAA="));
     assert_eq!(expect_closed(&evs).error, Some(ProtocolError::Handshake(HandshakeError::BadAccept)));
     let (_, evs) = client_against(|a| good(a).replace("chat\r\n", "mqtt\r\n"));
-    assert_eq!(expect_closed(&evs).error, Some(ProtocolError::Handshake(HandshakeError::UnexpectedProtocol("mqtt".into()))));
+    assert_eq!(expect_closed(&evs).error, Some(ProtocolError::Handshake(HandshakeError::UnexpectedSubprotocol("mqtt".into()))));
     let (_, evs) = client_against(|a| good(a).replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
     assert!(matches!(expect_closed(&evs).error, Some(ProtocolError::Handshake(HandshakeError::UnexpectedExtension(_)))));
     let (_, evs) = client_against(|a| good(a).replace("Upgrade: websocket\r\n", ""));
@@ -197,7 +197,7 @@ fn client_validates_the_response() {
 fn client_keeps_a_frame_that_arrives_with_the_response() {
     let now = Instant::now();
     let req = ClientRequest::new("ws://h/").unwrap();
-    let mut c = Connection::client(Config::default(), &req, now).unwrap();
+    let mut c = Connection::client(Config::default(), &req, now);
     let request = String::from_utf8(drain_output(&mut c)).unwrap();
     let key = request.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap();
     let accept = rfc6455::proto::handshake::accept_key(key.as_bytes());
@@ -206,12 +206,17 @@ fn client_keeps_a_frame_that_arrives_with_the_response() {
             .into_bytes();
     bytes.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
     c.handle_bytes(now, &bytes);
-    assert_eq!(events(&mut c), vec![Event::Open { protocol: None }, Event::Text("hi".into())]);
+    assert_eq!(events(&mut c), vec![Event::Open { subprotocol: None }, Event::Text("hi".into())]);
 }
 
+/// Regression: the core refused `wss://` (`Error::TlsUnsupported`) though TLS is the
+/// transport's business; an embedder running it over rustls could not build a client.
 #[test]
-fn wss_is_reported_as_needing_tls() {
-    let req = ClientRequest::new("wss://example.com/").unwrap();
+fn wss_urls_give_the_same_request_as_ws() {
+    let req = ClientRequest::new("wss://example.com/chat").unwrap();
     assert!(req.url().secure);
-    assert_eq!(Connection::client(Config::default(), &req, Instant::now()).unwrap_err(), Error::TlsUnsupported);
+    let mut c = Connection::client(Config::default(), &req, Instant::now());
+    let request = String::from_utf8(drain_output(&mut c)).unwrap();
+    assert!(request.starts_with("GET /chat HTTP/1.1\r\nHost: example.com\r\n"), "{request}");
+    assert_eq!(c.state(), State::Connecting);
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::net::*;
 use common::*;
-use rfc6455::net::{Client, ClientError, ClientOptions, Echo, Relay, ServerConfig};
+use rfc6455::net::{Echo, Relay, ServerConfig};
 use rfc6455::proto::frame::{OpCode, encode_frame};
-use rfc6455::{Config, Error, Event, ProtocolError};
+use rfc6455::{ClientRequest, Config, Event, ProtocolError, UsageError};
 
 /// The server's close code (the frames before it are skipped).
 fn close_code(s: &mut TcpStream) -> Option<u16> {
@@ -63,7 +63,7 @@ fn huge_declared_lengths_cost_nothing_and_close_the_connection() {
 #[test]
 fn a_slow_loris_client_gets_408_and_is_closed() {
     let cfg = ServerConfig {
-        protocol: Config { handshake_timeout: Some(Duration::from_millis(300)), ..Config::default() },
+        engine: Config { handshake_timeout: Some(Duration::from_millis(300)), ..Config::default() },
         ..ServerConfig::default()
     };
     let srv = Running::start(cfg, Relay::new());
@@ -175,7 +175,7 @@ fn an_echo_client_that_never_reads_meets_backpressure_with_bounded_memory() {
 // 6. Protocol violations get the right code and nothing reaches the other clients.
 #[test]
 fn violations_close_with_the_right_code_and_relay_nothing() {
-    let cfg = ServerConfig { protocol: Config { max_message_size: 1 << 16, ..Config::default() }, ..ServerConfig::default() };
+    let cfg = ServerConfig { engine: Config { max_message_size: 1 << 16, ..Config::default() }, ..ServerConfig::default() };
     let srv = Running::start(cfg, Relay::new());
     let mut watcher = srv.connect("/room");
     let mut helper = srv.connect("/room");
@@ -242,16 +242,17 @@ fn violations_close_with_the_right_code_and_relay_nothing() {
 #[test]
 fn header_injection_is_refused_before_connecting() {
     let srv = Running::start(ServerConfig::default(), Relay::new());
-    for opts in [
-        ClientOptions { headers: vec![("X-A".into(), "1\r\nInjected: yes".into())], ..ClientOptions::default() },
-        ClientOptions { headers: vec![("X-A".into(), "nul\0".into())], ..ClientOptions::default() },
-        ClientOptions { protocols: vec!["chat\r\nX: y".into()], ..ClientOptions::default() },
-        ClientOptions { origin: Some("http://o\n".into()), ..ClientOptions::default() },
+    let req = ClientRequest::new(&format!("ws://{}/", srv.addr)).unwrap();
+    for attempt in [
+        req.clone().header("X-A", "1\r\nInjected: yes"),
+        req.clone().header("X-A", "nul\0"),
+        req.clone().subprotocol("chat\r\nX: y"),
+        req.clone().origin("http://o\n"),
     ] {
-        match Client::connect(&format!("ws://{}/", srv.addr), opts) {
-            Err(ClientError::Invalid(Error::InvalidHeader(_))) => {}
+        match attempt {
+            Err(UsageError::InvalidHeaderValue { .. } | UsageError::InvalidSubprotocol(_)) => {}
             Err(e) => panic!("{e}"),
-            Ok(_) => panic!("connected with an injected header"),
+            Ok(_) => panic!("accepted an injected header"),
         }
     }
     assert_eq!(srv.stats.opened.load(Ordering::Relaxed), 0);
@@ -261,10 +262,8 @@ fn header_injection_is_refused_before_connecting() {
 // 8. Half-open peers and peers that stop mid-frame are timed out.
 #[test]
 fn a_peer_that_stops_mid_frame_is_dropped_by_the_idle_timeout() {
-    let cfg = ServerConfig {
-        protocol: Config { idle_timeout: Some(Duration::from_millis(300)), ..Config::default() },
-        ..ServerConfig::default()
-    };
+    let cfg =
+        ServerConfig { engine: Config { idle_timeout: Some(Duration::from_millis(300)), ..Config::default() }, ..ServerConfig::default() };
     let srv = Running::start(cfg, Relay::new());
     let mut s = raw_client(srv.addr, "/");
     let frame = masked(OpCode::Binary, true, &[1u8; 1000]);
@@ -279,7 +278,7 @@ fn a_peer_that_stops_mid_frame_is_dropped_by_the_idle_timeout() {
 #[test]
 fn keepalive_drops_a_peer_that_does_not_answer_pings() {
     let cfg = ServerConfig {
-        protocol: Config { ping_interval: Some(Duration::from_millis(100)), pong_timeout: Duration::from_millis(200), ..Config::default() },
+        engine: Config { ping_interval: Some(Duration::from_millis(100)), pong_timeout: Duration::from_millis(200), ..Config::default() },
         ..ServerConfig::default()
     };
     let srv = Running::start(cfg, Relay::new());
@@ -297,7 +296,7 @@ fn two_hundred_hostile_clients_stay_within_the_memory_budget() {
         max_total_memory: budget,
         read_buffer_size: 16 * 1024,
         shutdown_timeout: Duration::from_millis(200),
-        protocol: Config { max_message_size: 4 << 20, max_frame_size: 4 << 20, ..Config::default() },
+        engine: Config { max_message_size: 4 << 20, max_frame_size: 4 << 20, ..Config::default() },
         ..ServerConfig::default()
     };
     let srv = Running::start(cfg, Relay::new());

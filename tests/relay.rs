@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::net::*;
 use rfc6455::net::{Client, ClientError, ClientOptions, Echo, Relay, ServerConfig};
 use rfc6455::proto::frame::{OpCode, encode_frame};
-use rfc6455::{CloseCode, Config, Event, HandshakeError, MessageKind, ProtocolError};
+use rfc6455::{ClientRequest, CloseCode, Config, Event, HandshakeError, MessageKind, ProtocolError};
 
 fn text(s: &str) -> (MessageKind, Vec<u8>) {
     (MessageKind::Text, s.as_bytes().to_vec())
@@ -103,9 +103,9 @@ fn a_bad_version_gets_426_and_the_socket_closes() {
 fn the_origin_allow_list_answers_403() {
     let cfg = ServerConfig { allowed_origins: Some(vec!["https://good.example".into()]), ..ServerConfig::default() };
     let srv = Running::start(cfg, Relay::new());
-    let opts = |o: &str| ClientOptions { origin: Some(o.into()), ..ClientOptions::default() };
-    assert!(Client::connect(&srv.url("/"), opts("https://good.example")).is_ok());
-    match Client::connect(&srv.url("/"), opts("https://evil.example")) {
+    let opts = |o: &str| ClientOptions::new(ClientRequest::new(&srv.url("/")).unwrap().origin(o).unwrap());
+    assert!(Client::connect(opts("https://good.example")).is_ok());
+    match Client::connect(opts("https://evil.example")) {
         Err(ClientError::Closed(c)) => {
             assert!(matches!(c.error, Some(ProtocolError::Handshake(HandshakeError::Status { status: 403, .. }))), "{c:?}")
         }
@@ -120,7 +120,7 @@ fn past_the_connection_limit_new_clients_get_503_and_the_others_are_fine() {
     let mut srv = Running::start(cfg, Relay::new());
     let mut a = srv.connect("/");
     let mut b = srv.connect("/");
-    match Client::connect(&srv.url("/"), ClientOptions::default()) {
+    match Client::connect_url(&srv.url("/")) {
         Err(ClientError::Closed(c)) => {
             assert!(matches!(c.error, Some(ProtocolError::Handshake(HandshakeError::Status { status: 503, .. }))), "{c:?}")
         }
@@ -139,7 +139,7 @@ fn past_the_connection_limit_new_clients_get_503_and_the_others_are_fine() {
 fn a_client_that_never_reads_meets_the_slow_consumer_policy() {
     let cfg = ServerConfig {
         high_water_mark: 256 * 1024,
-        protocol: Config { close_timeout: Duration::from_secs(30), ..Config::default() },
+        engine: Config { close_timeout: Duration::from_secs(30), ..Config::default() },
         ..ServerConfig::default()
     };
     let mut srv = Running::start(cfg, Relay::new());
@@ -230,6 +230,7 @@ fn a_refused_connection_is_a_clear_error() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let opts = ClientOptions { connect_timeout: Duration::from_secs(5), ..ClientOptions::default() };
-    assert!(matches!(Client::connect(&format!("ws://127.0.0.1:{port}/"), opts), Err(ClientError::Io(_))));
+    let mut opts = ClientOptions::new(ClientRequest::new(&format!("ws://127.0.0.1:{port}/")).unwrap());
+    opts.connect_timeout = Duration::from_secs(5);
+    assert!(matches!(Client::connect(opts), Err(ClientError::Io(_))));
 }

@@ -1,6 +1,6 @@
 //! A WebSocket client on its own small mio loop: connect, handshake, then send and
 //! receive with timeouts. Other threads can wake a waiting client (for example a
-//! thread reading stdin) through its [`mio::Waker`].
+//! thread reading stdin) through its [`ClientWaker`].
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -13,36 +13,32 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::net::conn::{Read1, Socket};
-use crate::{ClientRequest, CloseCode, Closed, Config, Connection, Error, Event, MaskGenerator, MessageKind, State};
+use crate::{ClientRequest, CloseCode, Closed, Config, Connection, Event, MaskGenerator, MessageKind, State, UsageError};
 
 const SOCKET: Token = Token(0);
 const WAKER: Token = Token(1);
 
-/// How a client connects.
+/// How a client connects: the request (URL, subprotocols, origin, headers) and the
+/// settings around it.
 pub struct ClientOptions {
-    /// Engine configuration (limits, timeouts, keepalive).
+    /// What to ask the server for.
+    pub request: ClientRequest,
+    /// Engine configuration (limits, timeouts, keepalive, permessage-deflate).
     pub config: Config,
-    /// Subprotocols to offer.
-    pub protocols: Vec<String>,
-    /// `Origin` header to send.
-    pub origin: Option<String>,
-    /// Extra request headers.
-    pub headers: Vec<(String, String)>,
     /// Time allowed for TCP connect plus handshake. Default 10 s.
     pub connect_timeout: Duration,
-    /// Read buffer size. Default 64 KiB.
+    /// Read buffer size (Qt's `setReadBufferSize`). Default 64 KiB.
     pub read_buffer_size: usize,
-    /// Replaces the default CSPRNG mask generator.
+    /// Replaces the default CSPRNG mask generator (Qt's `setMaskGenerator`).
     pub mask_generator: Option<Box<dyn MaskGenerator>>,
 }
 
-impl Default for ClientOptions {
-    fn default() -> Self {
+impl ClientOptions {
+    /// Options for `request` with the defaults.
+    pub fn new(request: ClientRequest) -> Self {
         Self {
+            request,
             config: Config::default(),
-            protocols: Vec::new(),
-            origin: None,
-            headers: Vec::new(),
             connect_timeout: Duration::from_secs(10),
             read_buffer_size: 64 * 1024,
             mask_generator: None,
@@ -50,11 +46,37 @@ impl Default for ClientOptions {
     }
 }
 
+impl fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("request", &self.request)
+            .field("config", &self.config)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_buffer_size", &self.read_buffer_size)
+            .field("mask_generator", &self.mask_generator.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+/// Wakes a thread blocked in [`Client::next_event`] from another thread.
+#[derive(Clone, Debug)]
+pub struct ClientWaker(Arc<Waker>);
+
+impl ClientWaker {
+    /// Makes the waiting `next_event` return `Ok(None)` at once.
+    pub fn wake(&self) -> io::Result<()> {
+        self.0.wake()
+    }
+}
+
 /// Why a client could not connect.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ClientError {
     /// Bad URL or options (the caller's mistake).
-    Invalid(Error),
+    Invalid(UsageError),
+    /// A `wss://` URL: this client has no TLS transport yet.
+    TlsUnsupported,
     /// Name resolution or TCP failed (refused, reset ...).
     Io(io::Error),
     /// The connection ended before it opened (bad handshake: HTTP status, bad accept ...).
@@ -67,6 +89,7 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientError::Invalid(e) => write!(f, "{e}"),
+            ClientError::TlsUnsupported => f.write_str("wss:// needs TLS, which this client does not support yet"),
             ClientError::Io(e) => write!(f, "connection failed: {e}"),
             ClientError::Closed(c) => match &c.error {
                 Some(e) => write!(f, "{e}"),
@@ -85,13 +108,14 @@ impl From<io::Error> for ClientError {
     }
 }
 
-impl From<Error> for ClientError {
-    fn from(e: Error) -> Self {
+impl From<UsageError> for ClientError {
+    fn from(e: UsageError) -> Self {
         ClientError::Invalid(e)
     }
 }
 
 /// A connected WebSocket client.
+#[derive(Debug)]
 pub struct Client {
     poll: Poll,
     events: Events,
@@ -104,28 +128,25 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url` (`ws://host:port/path`), performs the handshake and returns
-    /// once the connection is open.
-    pub fn connect(url: &str, opts: ClientOptions) -> Result<Client, ClientError> {
-        let mut req = ClientRequest::new(url)?;
-        for p in &opts.protocols {
-            req = req.protocol(p.clone())?;
-        }
-        if let Some(o) = &opts.origin {
-            req = req.origin(o.clone())?;
-        }
-        for (n, v) in &opts.headers {
-            req = req.header(n.clone(), v.clone())?;
-        }
+    /// Connects to a `ws://` URL with default options, performs the handshake and
+    /// returns once the connection is open.
+    pub fn connect_url(url: &str) -> Result<Client, ClientError> {
+        Self::connect(ClientOptions::new(ClientRequest::new(url)?))
+    }
+
+    /// Connects as `opts` say, performs the handshake and returns once the connection
+    /// is open.
+    pub fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
+        let req = opts.request;
         if req.url().secure {
-            return Err(Error::TlsUnsupported.into());
+            return Err(ClientError::TlsUnsupported);
         }
         let start = Instant::now();
         let deadline = start + opts.connect_timeout;
         let now = Instant::now();
         let engine = match opts.mask_generator {
-            Some(m) => Connection::client_with_mask_generator(opts.config, &req, m, now)?,
-            None => Connection::client(opts.config, &req, now)?,
+            Some(m) => Connection::client_with_mask_generator(opts.config, &req, m, now),
+            None => Connection::client(opts.config, &req, now),
         };
         let addrs: Vec<SocketAddr> = (req.url().host.as_str(), req.url().port).to_socket_addrs()?.collect();
         let mut last_err = io::Error::new(io::ErrorKind::NotFound, "host has no addresses");
@@ -253,28 +274,28 @@ impl Client {
     }
 
     /// Sends a text message.
-    pub fn send_text(&mut self, text: &str) -> Result<(), Error> {
+    pub fn send_text(&mut self, text: &str) -> Result<(), UsageError> {
         self.engine.send_text(text)?;
         let _ = self.flush_now();
         Ok(())
     }
 
     /// Sends a binary message.
-    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), Error> {
+    pub fn send_binary(&mut self, data: &[u8]) -> Result<(), UsageError> {
         self.engine.send_binary(data)?;
         let _ = self.flush_now();
         Ok(())
     }
 
     /// Sends a message of `kind`.
-    pub fn send(&mut self, kind: MessageKind, data: &[u8]) -> Result<(), Error> {
+    pub fn send(&mut self, kind: MessageKind, data: &[u8]) -> Result<(), UsageError> {
         self.engine.send(kind, data)?;
         let _ = self.flush_now();
         Ok(())
     }
 
     /// Sends a ping; the pong event carries the round-trip time.
-    pub fn ping(&mut self, payload: &[u8]) -> Result<(), Error> {
+    pub fn ping(&mut self, payload: &[u8]) -> Result<(), UsageError> {
         self.engine.ping(Instant::now(), payload)?;
         let _ = self.flush_now();
         Ok(())
@@ -282,7 +303,7 @@ impl Client {
 
     /// Starts the closing handshake; keep calling [`Client::next_event`] until
     /// [`Event::Closed`].
-    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), Error> {
+    pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), UsageError> {
         self.engine.close(Instant::now(), code, reason)?;
         let _ = self.flush_now();
         Ok(())
@@ -313,8 +334,8 @@ impl Client {
     }
 
     /// Wakes a thread blocked in [`Client::next_event`] from another thread.
-    pub fn waker(&self) -> Arc<Waker> {
-        self.waker.clone()
+    pub fn waker(&self) -> ClientWaker {
+        ClientWaker(self.waker.clone())
     }
 
     /// Bytes not yet written (Qt's `bytesToWrite()`).

@@ -1,12 +1,16 @@
-//! One socket: non-blocking reads into the loop's shared buffer, vectored writes of
-//! an engine's output, and the lingering close after the engine is done.
+//! Per-connection state and the table of connections: one socket (non-blocking reads
+//! into the loop's shared buffer, vectored writes of an engine's output, the lingering
+//! close), its engine, and what the loop knows about it; the table hands out
+//! generational [`ConnId`]s and keeps the lists of connections to read and to flush.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
+use std::time::Instant;
 
 use mio::net::TcpStream;
 
 use crate::Connection;
+use crate::net::handler::ConnId;
 
 /// At most this many slices go into one `writev`.
 const MAX_IOVECS: usize = 64;
@@ -23,6 +27,7 @@ pub(crate) enum Read1 {
 }
 
 /// A TCP stream and the I/O state the loop keeps for it.
+#[derive(Debug)]
 pub(crate) struct Socket {
     pub(crate) stream: TcpStream,
     /// After the engine is closed and its output flushed, our write side is shut and
@@ -77,5 +82,129 @@ impl Socket {
     pub(crate) fn shutdown_write(&mut self) {
         let _ = self.stream.shutdown(Shutdown::Write);
         self.lingering = true;
+    }
+}
+
+/// One connection: its socket, its engine and the loop's state for it.
+pub(crate) struct Conn {
+    pub(crate) socket: Socket,
+    pub(crate) engine: Connection,
+    pub(crate) peer: SocketAddr,
+    pub(crate) paused: bool,
+    /// The handler saw its request: it gets exactly one `on_close`.
+    pub(crate) requested: bool,
+    /// Over the high-water mark: nothing more is queued for it.
+    pub(crate) congested: bool,
+    /// Reading was skipped (paused, or its own output over the mark): edge-triggered
+    /// readiness will not fire again for data already waiting, so read when unblocked.
+    pub(crate) read_blocked: bool,
+    /// When a finished connection is dropped regardless of its peer.
+    pub(crate) drop_at: Option<Instant>,
+    /// The deadline last pushed on the timer heap.
+    pub(crate) timer: Option<Instant>,
+    /// Bytes pinned at the last settle (counted in the memory budget).
+    pub(crate) pinned: usize,
+}
+
+impl Conn {
+    pub(crate) fn new(socket: Socket, engine: Connection, peer: SocketAddr) -> Self {
+        Self {
+            socket,
+            engine,
+            peer,
+            paused: false,
+            requested: false,
+            congested: false,
+            read_blocked: false,
+            drop_at: None,
+            timer: None,
+            pinned: 0,
+        }
+    }
+}
+
+/// A slot of the table; its generation changes each time it is freed.
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// The loop's connections, addressed by slot (mio token) or by [`ConnId`].
+#[derive(Default)]
+pub(crate) struct Conns {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    /// Slots touched this turn: flushed at the end of it.
+    pub(crate) dirty: Vec<usize>,
+    /// Slots to read next turn (budget ran out, resumed, newly accepted).
+    pub(crate) reads: Vec<usize>,
+}
+
+impl Conns {
+    /// Stores `conn` and returns its id.
+    pub(crate) fn insert(&mut self, conn: Conn) -> ConnId {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::default());
+            (self.slots.len() - 1) as u32
+        });
+        let s = &mut self.slots[slot as usize];
+        s.conn = Some(conn);
+        self.live += 1;
+        ConnId { slot, generation: s.generation }
+    }
+
+    /// Removes the connection in `slot`; its id becomes unknown for good.
+    pub(crate) fn remove(&mut self, slot: usize) -> Option<Conn> {
+        let s = self.slots.get_mut(slot)?;
+        let conn = s.conn.take()?;
+        // Never reuse an id: a slot whose generation would wrap is retired.
+        if s.generation < u32::MAX {
+            s.generation += 1;
+            self.free.push(slot as u32);
+        }
+        self.live -= 1;
+        Some(conn)
+    }
+
+    /// Connections held.
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+
+    /// Number of slots (for iterating over every connection).
+    pub(crate) fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The id of the connection in `slot`.
+    pub(crate) fn id(&self, slot: usize) -> ConnId {
+        ConnId { slot: slot as u32, generation: self.slots.get(slot).map_or(0, |s| s.generation) }
+    }
+
+    /// The connection in `slot`, if any.
+    pub(crate) fn at(&mut self, slot: usize) -> Option<&mut Conn> {
+        self.slots.get_mut(slot).and_then(|s| s.conn.as_mut())
+    }
+
+    /// The connection `id`, if it still exists.
+    pub(crate) fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.slots.get(id.slot as usize).filter(|s| s.generation == id.generation).and_then(|s| s.conn.as_ref())
+    }
+
+    /// The connection `id`, if it still exists.
+    pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.slots.get_mut(id.slot as usize).filter(|s| s.generation == id.generation).and_then(|s| s.conn.as_mut())
+    }
+
+    /// Marks `slot` for flushing at the end of the turn.
+    pub(crate) fn touch(&mut self, slot: u32) {
+        self.dirty.push(slot as usize);
+    }
+
+    /// Reads `slot` on the next turn.
+    pub(crate) fn schedule_read(&mut self, slot: u32) {
+        self.reads.push(slot as usize);
     }
 }

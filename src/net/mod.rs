@@ -2,12 +2,22 @@
 //! pluggable [`Handler`]s (the [`Relay`] and [`Echo`] servers ship here), and a
 //! [`Client`]. This is the only part of the crate with sockets and a clock; it holds
 //! no protocol logic.
+//!
+//! Rooms: `server.rs` the loop (and its [`Inbox`] for input from other threads),
+//! `handler.rs` the application API, `conn.rs` per-connection state and the id table,
+//! `policy.rs` limits, budgets and the slow-consumer policy, `pool.rs` buffer reuse,
+//! `relay.rs` the shipped handlers, `client.rs` the client.
 
 mod client;
 mod conn;
+mod handler;
+mod policy;
+mod pool;
 mod relay;
 mod server;
 
-pub use client::{Client, ClientError, ClientOptions};
+pub use client::{Client, ClientError, ClientOptions, ClientWaker};
+pub use handler::{ConnId, Ctx, Handler};
+pub use policy::SlowConsumerPolicy;
 pub use relay::{Echo, Relay};
-pub use server::{ConnId, Ctx, Handler, Rejection, Server, ServerConfig, ServerStats, ShutdownHandle, SlowConsumerPolicy};
+pub use server::{Inbox, InboxError, Server, ServerConfig, ServerStats, ShutdownHandle};

@@ -4,8 +4,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::net::server::{ConnId, Ctx, Handler, Rejection};
-use crate::{Accept, Closed, MessageKind, Request, SharedFrame};
+use crate::net::handler::{ConnId, Ctx, Handler};
+use crate::{Accept, Closed, MessageKind, Reject, Request, SharedFrame};
+
+/// The window of the relay's shared compressor (the largest; every client that
+/// agrees to no server context takeover with a full window can inflate it).
+#[cfg(feature = "deflate")]
+const SHARED_WINDOW_BITS: u8 = 15;
 
 /// Frames a relay keeps for reuse.
 const FRAME_POOL: usize = 16;
@@ -18,14 +23,24 @@ struct FramePool(Vec<SharedFrame>);
 
 impl FramePool {
     /// A frame for this message: a free pooled one re-encoded, or a new one.
-    fn frame(&mut self, kind: MessageKind, payload: &[u8], compressed: bool) -> SharedFrame {
-        let reuse = |f: &mut SharedFrame| if compressed { f.reuse_compressed(kind, payload) } else { f.reuse(kind, payload) };
+    /// `compressed_with`: the payload is compressed with that window (see
+    /// [`SharedFrame::new_compressed`]).
+    fn frame(&mut self, kind: MessageKind, payload: &[u8], compressed_with: Option<u8>) -> SharedFrame {
+        let reuse = |f: &mut SharedFrame| match compressed_with {
+            #[cfg(feature = "deflate")]
+            Some(bits) => f.reuse_compressed(kind, payload, bits),
+            _ => f.reuse(kind, payload),
+        };
         match self.0.iter_mut().position(reuse) {
             // Large frames are not kept: the pool stays small.
             Some(i) if payload.len() > FRAME_POOL_MAX => self.0.swap_remove(i),
             Some(i) => self.0[i].clone(),
             None => {
-                let f = if compressed { SharedFrame::new_compressed(kind, payload) } else { SharedFrame::new(kind, payload) };
+                let f = match compressed_with {
+                    #[cfg(feature = "deflate")]
+                    Some(bits) => SharedFrame::new_compressed(kind, payload, bits),
+                    _ => SharedFrame::new(kind, payload),
+                };
                 if self.0.len() < FRAME_POOL && payload.len() <= FRAME_POOL_MAX {
                     self.0.push(f.clone());
                 }
@@ -52,7 +67,7 @@ pub struct Relay {
     #[cfg(feature = "deflate")]
     compressed: FramePool,
     #[cfg(feature = "deflate")]
-    deflate: Option<(crate::proto::deflate::Deflater, crate::proto::deflate::DeflateConfig, Vec<u8>)>,
+    deflate: Option<(crate::proto::deflate::Deflater, crate::DeflateConfig, Vec<u8>)>,
 }
 
 impl Relay {
@@ -64,8 +79,8 @@ impl Relay {
     /// A relay that compresses each relayed message once for the recipients that
     /// negotiated permessage-deflate without server context takeover.
     #[cfg(feature = "deflate")]
-    pub fn with_deflate(cfg: crate::proto::deflate::DeflateConfig) -> Self {
-        let deflater = crate::proto::deflate::Deflater::new(cfg.level, 15, true);
+    pub fn with_deflate(cfg: crate::DeflateConfig) -> Self {
+        let deflater = crate::proto::deflate::Deflater::new(cfg.level, SHARED_WINDOW_BITS, true);
         Self { deflate: Some((deflater, cfg, Vec::new())), ..Self::default() }
     }
 
@@ -78,10 +93,15 @@ impl Relay {
     pub fn relayed(&self) -> u64 {
         self.relayed
     }
+
+    /// Connections the relay keeps state for (from their request until they end).
+    pub fn tracked(&self) -> usize {
+        self.room_of.len()
+    }
 }
 
 impl Handler for Relay {
-    fn on_request(&mut self, id: ConnId, _peer: SocketAddr, req: &Request) -> Result<Accept, Rejection> {
+    fn on_request(&mut self, id: ConnId, _peer: SocketAddr, req: &Request) -> Result<Accept, Reject> {
         self.room_of.insert(id, req.path().to_owned());
         Ok(Accept::new())
     }
@@ -111,12 +131,12 @@ impl Handler for Relay {
                 let shared_ok = ctx
                     .engine(peer)
                     .and_then(|e| e.deflate_params())
-                    .is_some_and(|p| p.server_no_context_takeover && p.server_max_window_bits == 15);
+                    .is_some_and(|p| p.server_no_context_takeover && p.server_max_window_bits >= SHARED_WINDOW_BITS);
                 if shared_ok && data.len() >= cfg.min_size {
                     let frame = compressed.get_or_insert_with(|| {
                         buf.clear();
                         deflater.compress(data, buf);
-                        self.compressed.frame(kind, buf, true)
+                        self.compressed.frame(kind, buf, Some(SHARED_WINDOW_BITS))
                     });
                     ctx.send_shared(peer, frame);
                     continue;
@@ -127,11 +147,12 @@ impl Handler for Relay {
                     continue;
                 }
             }
-            let frame = plain.get_or_insert_with(|| self.plain.frame(kind, data, false));
+            let frame = plain.get_or_insert_with(|| self.plain.frame(kind, data, None));
             ctx.send_shared(peer, frame);
         }
     }
 
+    /// Also called for connections that never opened: their room entry goes too.
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _closed: &Closed) {
         if let Some(room) = self.room_of.remove(&id) {
             if let Some(members) = self.rooms.get_mut(&room) {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 /// How received data is handed to the application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Delivery {
     /// Whole messages: fragments are reassembled ([`crate::Event::Text`],
     /// [`crate::Event::Binary`]). Qt's `textMessageReceived` / `binaryMessageReceived`.

@@ -1,14 +1,16 @@
 //! Errors. [`ProtocolError`] is the peer's fault: it never comes back from an input
 //! call, it ends the connection and is reported in [`crate::Closed`], and it maps to
-//! the close code (or HTTP status) we sent. [`Error`] is the caller's mistake and is
-//! returned from commands.
+//! the close code (or HTTP status) we sent. [`UsageError`] is the caller's mistake
+//! and is returned from commands.
 
 use std::fmt;
 
 use crate::proto::close::CloseCode;
+use crate::proto::types::State;
 
 /// Something the peer did wrong, or a deadline it missed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProtocolError {
     /// The opening handshake failed (see [`HandshakeError`]).
     Handshake(HandshakeError),
@@ -39,9 +41,15 @@ pub enum ProtocolError {
     /// A compressed message that is not valid deflate data (RFC 7692 §8): 1007.
     InvalidCompressedData,
     /// A frame payload over [`crate::Config::max_frame_size`]: 1009.
-    FrameTooBig { limit: usize },
+    FrameTooBig {
+        /// The configured limit.
+        limit: usize,
+    },
     /// A message over [`crate::Config::max_message_size`]: 1009.
-    MessageTooBig { limit: usize },
+    MessageTooBig {
+        /// The configured limit.
+        limit: usize,
+    },
     /// Keepalive: no pong within [`crate::Config::pong_timeout`]: dropped, 1006.
     PongTimeout,
     /// Nothing received within [`crate::Config::idle_timeout`]: dropped, 1006.
@@ -100,6 +108,7 @@ impl From<HandshakeError> for ProtocolError {
 /// that was sent ([`HandshakeError::http_status`]); on the client side it describes
 /// the server's response.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// The head is not valid HTTP/1.1: 400.
     Malformed(&'static str),
@@ -123,11 +132,16 @@ pub enum HandshakeError {
     Timeout,
     /// Client: the server answered with a status other than 101 (a redirect, an auth
     /// challenge, a rejection); its headers are kept so they can be acted on.
-    Status { status: u16, headers: Vec<(String, Vec<u8>)> },
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The response's header lines.
+        headers: Vec<(String, Vec<u8>)>,
+    },
     /// Client: `Sec-WebSocket-Accept` does not match our key (§4.1).
     BadAccept,
     /// Client: the server chose a subprotocol we did not offer (§4.1).
-    UnexpectedProtocol(String),
+    UnexpectedSubprotocol(String),
     /// Client: the server used an extension we did not offer (§4.1).
     UnexpectedExtension(String),
 }
@@ -163,7 +177,7 @@ impl fmt::Display for HandshakeError {
             Timeout => f.write_str("handshake timed out"),
             Status { status, .. } => write!(f, "server answered HTTP {status} instead of 101"),
             BadAccept => f.write_str("Sec-WebSocket-Accept does not match the key"),
-            UnexpectedProtocol(p) => write!(f, "server chose subprotocol {p:?} that was not offered"),
+            UnexpectedSubprotocol(p) => write!(f, "server chose subprotocol {p:?} that was not offered"),
             UnexpectedExtension(e) => write!(f, "server used extension {e:?} that was not offered"),
         }
     }
@@ -171,11 +185,19 @@ impl fmt::Display for HandshakeError {
 
 impl std::error::Error for HandshakeError {}
 
-/// A mistake by the caller of the engine. The connection is unchanged.
+/// A mistake by the caller of the engine (or of a driver built on it): a command that
+/// the current state or the protocol does not allow, or an argument that could not go
+/// on the wire. Nothing was queued; the connection is unchanged.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Error {
-    /// The command needs an open connection (or, for accept/reject, a pending request).
-    InvalidState(&'static str),
+#[non_exhaustive]
+pub enum UsageError {
+    /// The command needs an open connection; this one is in `state`.
+    NotOpen {
+        /// The state the connection was in.
+        state: State,
+    },
+    /// `accept` or `reject` without a request waiting for an answer.
+    NoPendingRequest,
     /// A control frame payload over 125 bytes (§5.5).
     ControlPayloadTooLong(usize),
     /// A close code that may not be sent (§7.4).
@@ -185,32 +207,51 @@ pub enum Error {
     /// A fragmented send changed kind mid-message, or a whole message was sent while a
     /// fragmented one is in progress.
     FragmentSequence,
-    /// A header name or value (or subprotocol) contains CR, LF, NUL or is otherwise
-    /// not a valid HTTP token / field value.
-    InvalidHeader(String),
+    /// A header name that is not an HTTP token.
+    InvalidHeaderName(String),
+    /// A header value with CR, LF, NUL or another control character (header injection).
+    InvalidHeaderValue {
+        /// The header's name.
+        name: String,
+    },
+    /// A header that the handshake sets itself (`Host`, `Upgrade`, `Sec-WebSocket-*` ...).
+    ReservedHeader(String),
+    /// A subprotocol name that is not an HTTP token.
+    InvalidSubprotocol(String),
+    /// The server chose a subprotocol the client did not offer (§4.2.2).
+    SubprotocolNotOffered(String),
+    /// A rejection status that is not a final HTTP status other than 101 (200-599).
+    InvalidStatus(u16),
     /// The URL is not a valid `ws://` or `wss://` URL.
     InvalidUrl(String),
-    /// `wss://` needs TLS, which this build does not provide.
-    TlsUnsupported,
     /// The command is only for the other role (e.g. shared frames are server-only).
     WrongRole,
+    /// A compressed [`crate::SharedFrame`] for a connection that did not negotiate
+    /// permessage-deflate with parameters that can inflate it.
+    CompressionMismatch,
 }
 
-impl fmt::Display for Error {
+impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        use Error::*;
+        use UsageError::*;
         match self {
-            InvalidState(what) => write!(f, "invalid state: {what}"),
+            NotOpen { state } => write!(f, "the connection is not open (it is {state:?})"),
+            NoPendingRequest => f.write_str("no handshake request is waiting for an answer"),
             ControlPayloadTooLong(n) => write!(f, "control payload of {n} bytes (max 125)"),
             InvalidCloseCode(c) => write!(f, "close code {c} may not be sent"),
             CloseReasonTooLong(n) => write!(f, "close reason of {n} bytes (max 123)"),
             FragmentSequence => f.write_str("fragmented send out of sequence"),
-            InvalidHeader(h) => write!(f, "invalid header or token: {h:?}"),
+            InvalidHeaderName(n) => write!(f, "invalid header name {n:?} (not an HTTP token)"),
+            InvalidHeaderValue { name } => write!(f, "invalid value for header {name:?} (control characters)"),
+            ReservedHeader(n) => write!(f, "header {n:?} is set by the handshake"),
+            InvalidSubprotocol(p) => write!(f, "invalid subprotocol {p:?} (not an HTTP token)"),
+            SubprotocolNotOffered(p) => write!(f, "subprotocol {p:?} was not offered by the client"),
+            InvalidStatus(s) => write!(f, "HTTP status {s} cannot reject a handshake (200-599, not 101)"),
             InvalidUrl(u) => write!(f, "invalid WebSocket URL: {u}"),
-            TlsUnsupported => f.write_str("wss:// needs TLS, which is not supported yet"),
             WrongRole => f.write_str("command not available for this role"),
+            CompressionMismatch => f.write_str("compressed shared frame for a connection that cannot inflate it"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for UsageError {}

@@ -173,6 +173,10 @@ pub fn encode_frame(out: &mut Vec<u8>, fin: bool, opcode: OpCode, mask: Option<[
     encode_frame_rsv(out, fin, 0, opcode, mask, payload);
 }
 
+/// The RSV1 bit in the low three bits of [`FrameHeader::rsv`]: permessage-deflate's
+/// "compressed" flag (RFC 7692 §6).
+pub const RSV1: u8 = 0b100;
+
 /// [`encode_frame`] with RSV1-3 set from the low three bits of `rsv` (RSV1 = 0b100
 /// marks a compressed message under permessage-deflate).
 pub fn encode_frame_rsv(out: &mut Vec<u8>, fin: bool, rsv: u8, opcode: OpCode, mask: Option<[u8; 4]>, payload: &[u8]) {

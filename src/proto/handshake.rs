@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
 
-use crate::proto::error::{Error, HandshakeError};
+use crate::proto::error::{HandshakeError, UsageError};
 
 /// The GUID appended to the key (§1.3).
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -63,11 +63,6 @@ impl HeadReader {
     /// Bytes held.
     pub(crate) fn capacity(&self) -> usize {
         self.buf.capacity()
-    }
-
-    /// Frees the buffer once the handshake is over.
-    pub(crate) fn clear(&mut self) {
-        self.buf = Vec::new();
     }
 }
 
@@ -138,7 +133,7 @@ impl Request {
     }
 
     /// Subprotocols offered in `Sec-WebSocket-Protocol`, in the client's order of preference.
-    pub fn protocols(&self) -> impl Iterator<Item = &str> {
+    pub fn subprotocols(&self) -> impl Iterator<Item = &str> {
         tokens(&self.headers, "sec-websocket-protocol")
     }
 
@@ -205,12 +200,12 @@ fn is_field_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7F))
 }
 
-fn check_header(name: &str, value: &str) -> Result<(), Error> {
+fn check_header(name: &str, value: &str) -> Result<(), UsageError> {
     if !is_token(name) {
-        return Err(Error::InvalidHeader(name.to_owned()));
+        return Err(UsageError::InvalidHeaderName(name.to_owned()));
     }
     if !is_field_value(value) {
-        return Err(Error::InvalidHeader(format!("{name}: {value:?}")));
+        return Err(UsageError::InvalidHeaderValue { name: name.to_owned() });
     }
     Ok(())
 }
@@ -218,7 +213,7 @@ fn check_header(name: &str, value: &str) -> Result<(), Error> {
 /// The server's answer to a [`Request`]: an optional subprotocol and extra headers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Accept {
-    pub(crate) protocol: Option<String>,
+    pub(crate) subprotocol: Option<String>,
     pub(crate) headers: Vec<(String, String)>,
 }
 
@@ -229,8 +224,8 @@ impl Accept {
     }
 
     /// Choose a subprotocol (it must be one the client offered).
-    pub fn protocol(mut self, protocol: impl Into<String>) -> Self {
-        self.protocol = Some(protocol.into());
+    pub fn subprotocol(mut self, subprotocol: impl Into<String>) -> Self {
+        self.subprotocol = Some(subprotocol.into());
         self
     }
 
@@ -242,10 +237,10 @@ impl Accept {
 }
 
 /// Writes the 101 response (§4.2.2).
-pub(crate) fn write_accept(out: &mut Vec<u8>, req: &Request, accept: &Accept, extensions: Option<&str>) -> Result<(), Error> {
-    if let Some(p) = &accept.protocol {
-        if !req.protocols().any(|o| o == p) {
-            return Err(Error::InvalidHeader(format!("subprotocol {p:?} was not offered")));
+pub(crate) fn write_accept(out: &mut Vec<u8>, req: &Request, accept: &Accept, extensions: Option<&str>) -> Result<(), UsageError> {
+    if let Some(p) = &accept.subprotocol {
+        if !req.subprotocols().any(|o| o == p) {
+            return Err(UsageError::SubprotocolNotOffered(p.clone()));
         }
     }
     for (n, v) in &accept.headers {
@@ -254,7 +249,7 @@ pub(crate) fn write_accept(out: &mut Vec<u8>, req: &Request, accept: &Accept, ex
     out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
     out.extend_from_slice(accept_key(&req.key).as_bytes());
     out.extend_from_slice(b"\r\n");
-    if let Some(p) = &accept.protocol {
+    if let Some(p) = &accept.subprotocol {
         out.extend_from_slice(format!("Sec-WebSocket-Protocol: {p}\r\n").as_bytes());
     }
     if let Some(e) = extensions {
@@ -285,10 +280,52 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// A server's refusal of a handshake: an HTTP status other than 101, extra headers
+/// (`WWW-Authenticate`, `Retry-After` ...) and a body. The same answer in the core
+/// ([`crate::Connection::reject`]) and in the server's handler API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Reject {
+    /// A refusal with `status` (200-599, not 101; checked when it is written), no
+    /// extra headers and an empty body.
+    pub fn new(status: u16) -> Self {
+        Self { status, headers: Vec::new(), body: Vec::new() }
+    }
+
+    /// Adds a header to the response.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the response body (sent with `Content-Length`).
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The body.
+    pub fn body_bytes(&self) -> &[u8] {
+        &self.body
+    }
+}
+
 /// Writes a non-101 HTTP response that ends the connection.
-pub(crate) fn write_rejection(out: &mut Vec<u8>, status: u16, headers: &[(String, String)], body: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_rejection(out: &mut Vec<u8>, reject: &Reject) -> Result<(), UsageError> {
+    let Reject { status, headers, body } = reject;
+    let status = *status;
     if !(200..=599).contains(&status) || status == 101 {
-        return Err(Error::InvalidHeader(format!("status {status}")));
+        return Err(UsageError::InvalidStatus(status));
     }
     for (n, v) in headers {
         check_header(n, v)?;
@@ -323,8 +360,8 @@ pub struct Url {
 
 impl Url {
     /// Parses a WebSocket URL. Fragments and user info are refused (§3).
-    pub fn parse(url: &str) -> Result<Url, Error> {
-        let bad = |why: &str| Error::InvalidUrl(format!("{url}: {why}"));
+    pub fn parse(url: &str) -> Result<Url, UsageError> {
+        let bad = |why: &str| UsageError::InvalidUrl(format!("{url}: {why}"));
         let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("missing scheme"))?;
         let secure = match scheme.to_ascii_lowercase().as_str() {
             "ws" => false,
@@ -377,15 +414,15 @@ impl Url {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientRequest {
     pub(crate) url: Url,
-    pub(crate) protocols: Vec<String>,
+    pub(crate) subprotocols: Vec<String>,
     pub(crate) headers: Vec<(String, String)>,
 }
 
 impl ClientRequest {
-    /// A request for `url` (`ws://host[:port]/path?query`). `wss://` parses but the
-    /// engine refuses it with [`Error::TlsUnsupported`] until TLS lands.
-    pub fn new(url: &str) -> Result<Self, Error> {
-        Ok(Self { url: Url::parse(url)?, protocols: Vec::new(), headers: Vec::new() })
+    /// A request for `url` (`ws://host[:port]/path?query` or `wss://...`). TLS is the
+    /// transport's business: the engine writes the same request for both schemes.
+    pub fn new(url: &str) -> Result<Self, UsageError> {
+        Ok(Self { url: Url::parse(url)?, subprotocols: Vec::new(), headers: Vec::new() })
     }
 
     /// The parsed URL.
@@ -394,23 +431,33 @@ impl ClientRequest {
     }
 
     /// Offer a subprotocol (must be an HTTP token).
-    pub fn protocol(mut self, protocol: impl Into<String>) -> Result<Self, Error> {
-        let p = protocol.into();
+    pub fn subprotocol(mut self, subprotocol: impl Into<String>) -> Result<Self, UsageError> {
+        let p = subprotocol.into();
         if !is_token(&p) {
-            return Err(Error::InvalidHeader(p));
+            return Err(UsageError::InvalidSubprotocol(p));
         }
-        self.protocols.push(p);
+        self.subprotocols.push(p);
         Ok(self)
     }
 
+    /// The subprotocols offered, in order of preference.
+    pub fn subprotocols(&self) -> &[String] {
+        &self.subprotocols
+    }
+
+    /// The extra headers (`Origin` among them).
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
     /// Send an `Origin` header.
-    pub fn origin(self, origin: impl Into<String>) -> Result<Self, Error> {
+    pub fn origin(self, origin: impl Into<String>) -> Result<Self, UsageError> {
         self.header("Origin", origin)
     }
 
     /// Add a header. Names must be tokens; values may not contain CR, LF or NUL.
     /// Headers the handshake itself sets are refused.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self, Error> {
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self, UsageError> {
         let (name, value) = (name.into(), value.into());
         check_header(&name, &value)?;
         const RESERVED: [&str; 7] = [
@@ -423,7 +470,7 @@ impl ClientRequest {
             "sec-websocket-extensions",
         ];
         if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
-            return Err(Error::InvalidHeader(format!("{name} is set by the handshake")));
+            return Err(UsageError::ReservedHeader(name));
         }
         self.headers.push((name, value));
         Ok(self)
@@ -436,8 +483,8 @@ impl ClientRequest {
         out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\r\n");
-        if !self.protocols.is_empty() {
-            out.extend_from_slice(format!("Sec-WebSocket-Protocol: {}\r\n", self.protocols.join(", ")).as_bytes());
+        if !self.subprotocols.is_empty() {
+            out.extend_from_slice(format!("Sec-WebSocket-Protocol: {}\r\n", self.subprotocols.join(", ")).as_bytes());
         }
         if let Some(e) = extensions {
             out.extend_from_slice(format!("Sec-WebSocket-Extensions: {e}\r\n").as_bytes());
@@ -458,7 +505,7 @@ pub struct Response {
     /// Every header line, in order.
     pub headers: Headers,
     /// The subprotocol the server chose, if any.
-    pub protocol: Option<String>,
+    pub subprotocol: Option<String>,
 }
 
 impl Response {
@@ -510,12 +557,12 @@ pub(crate) fn parse_response(
         check_extensions(&ext.join(", "))?;
     }
     let chosen: Vec<&str> = tokens(&headers, "sec-websocket-protocol").collect();
-    let protocol = match chosen[..] {
+    let subprotocol = match chosen[..] {
         [] => None,
         [p] if offered.iter().any(|o| o == p) => Some(p.to_owned()),
-        _ => return Err(HandshakeError::UnexpectedProtocol(chosen.join(", "))),
+        _ => return Err(HandshakeError::UnexpectedSubprotocol(chosen.join(", "))),
     };
-    Ok(Response { status, headers, protocol })
+    Ok(Response { status, headers, subprotocol })
 }
 
 #[cfg(test)]
@@ -588,8 +635,8 @@ mod tests {
         assert!(r.clone().header("X-A", "1\r\nEvil: 1").is_err());
         assert!(r.clone().header("X-A", "a\0").is_err());
         assert!(r.clone().header("X\nA", "1").is_err());
-        assert!(r.clone().protocol("chat\r\n").is_err());
-        assert!(r.clone().protocol("a,b").is_err());
+        assert!(r.clone().subprotocol("chat\r\n").is_err());
+        assert!(r.clone().subprotocol("a,b").is_err());
         assert!(r.clone().origin("http://o\n").is_err());
         assert!(r.header("X-Ok", "fine value").is_ok());
     }

@@ -56,6 +56,13 @@ pub trait MaskGenerator: Send {
 /// from the operating system when the generator is created.
 pub struct RandomMaskGenerator(StdRng);
 
+impl std::fmt::Debug for RandomMaskGenerator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The generator's state is a secret: it predicts every future key.
+        f.write_str("RandomMaskGenerator")
+    }
+}
+
 impl RandomMaskGenerator {
     /// Creates a generator seeded from the operating system's entropy source.
     pub fn new() -> Self {

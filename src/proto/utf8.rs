@@ -86,37 +86,9 @@ impl Utf8Validator {
     }
 }
 
-/// Turns the bytes of a text message that one [`Utf8Validator`] accepted, whole and
-/// in order, into a `String` without a second validation pass.
-///
-/// The crate's one `unsafe`. It pays: in `cargo bench --bench core -- receive/text`
-/// the second pass (`String::from_utf8`) cost as much as all other receive work for
-/// large texts (64 KiB: 5.6 µs with it against 2.5 µs for the same bytes as binary).
-pub(crate) fn into_validated_string(bytes: Vec<u8>) -> String {
-    debug_assert!(std::str::from_utf8(&bytes).is_ok());
-    // SAFETY: callers pass only the bytes of a message that were fed, from its first
-    // byte to its last and in order, to one `Utf8Validator` whose `feed` calls all
-    // returned `Ok` and whose `finish` returned `Ok`. The validator accepts exactly
-    // the valid UTF-8 streams: it hands every complete piece to `std::str::from_utf8`
-    // and re-checks each code point split between pieces the same way (proptest
-    // `utf8_validator_agrees_with_std` and the `utf8` fuzz target check this against
-    // std on arbitrary splits). So `bytes` is valid UTF-8.
-    unsafe { String::from_utf8_unchecked(bytes) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unchecked_conversion_equals_the_checked_one() {
-        for s in ["", "ascii", "κόσμε", "𝄞 and € and \u{10FFFF}"] {
-            let mut v = Utf8Validator::new();
-            v.feed(s.as_bytes()).unwrap();
-            v.finish().unwrap();
-            assert_eq!(into_validated_string(s.as_bytes().to_vec()), String::from_utf8(s.as_bytes().to_vec()).unwrap());
-        }
-    }
 
     fn split_validate(bytes: &[u8], at: &[usize]) -> bool {
         let mut v = Utf8Validator::new();

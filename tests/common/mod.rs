@@ -25,7 +25,7 @@ impl Pair {
     pub fn open(client_cfg: Config, server_cfg: Config) -> Pair {
         let now = Instant::now();
         let req = ClientRequest::new("ws://localhost/test").unwrap();
-        let client = Connection::client(client_cfg, &req, now).unwrap();
+        let client = Connection::client(client_cfg, &req, now);
         let server = Connection::server(server_cfg, now);
         let mut p = Pair { client, server, now, client_events: vec![], server_events: vec![] };
         p.pump();
@@ -161,7 +161,7 @@ pub fn open_server(cfg: Config) -> (Connection, Instant) {
 pub fn open_client(cfg: Config) -> (Connection, Instant) {
     let now = Instant::now();
     let req = ClientRequest::new("ws://server.example.com/chat").unwrap();
-    let mut c = Connection::client_with_mask_generator(cfg, &req, Box::new(FixedMaskGenerator([0x37, 0xfa, 0x21, 0x3d])), now).unwrap();
+    let mut c = Connection::client_with_mask_generator(cfg, &req, Box::new(FixedMaskGenerator([0x37, 0xfa, 0x21, 0x3d])), now);
     let request = drain_output(&mut c);
     let text = String::from_utf8(request).unwrap();
     let key = text.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Key: ")).unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rfc6455::net::{Client, ClientOptions, Handler, Server, ServerConfig, ServerStats, ShutdownHandle};
+use rfc6455::net::{Client, Handler, Server, ServerConfig, ServerStats, ShutdownHandle};
 use rfc6455::proto::frame::{OpCode, decode_header};
 use rfc6455::{Closed, Event, MessageKind};
 
@@ -36,7 +36,7 @@ impl Running {
 
     /// A library client connected to `path`.
     pub fn connect(&self, path: &str) -> Client {
-        Client::connect(&self.url(path), ClientOptions::default()).unwrap()
+        Client::connect_url(&self.url(path)).unwrap()
     }
 
     /// Waits (bounded) until the server's counters satisfy `f`.

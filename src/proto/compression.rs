@@ -1,0 +1,169 @@
+//! The one seam between the state machine and permessage-deflate (RFC 7692): the
+//! negotiation on both sides, compressing what we send, inflating what we receive,
+//! and the memory it pins. The algorithms live in [`crate::proto::deflate`].
+//!
+//! Without the `deflate` feature [`Compression`] is an uninhabited type: nothing is ever
+//! negotiated, every method is unreachable, and the state machine carries no `cfg`.
+
+use crate::proto::config::Config;
+use crate::proto::error::{HandshakeError, ProtocolError};
+use crate::proto::handshake::Request;
+
+#[cfg(feature = "deflate")]
+use crate::proto::deflate::{self, DeflateParams, InflateError, Session};
+
+/// The negotiated permessage-deflate state of one connection.
+#[cfg(feature = "deflate")]
+#[derive(Debug)]
+pub(crate) struct Compression(Session);
+
+/// The negotiated permessage-deflate state of one connection (never, in this build).
+#[cfg(not(feature = "deflate"))]
+#[derive(Debug)]
+pub(crate) enum Compression {}
+
+/// The request header that carries extension offers.
+#[cfg(feature = "deflate")]
+const EXTENSIONS: &str = "sec-websocket-extensions";
+
+#[cfg(feature = "deflate")]
+impl Compression {
+    /// Server: the first acceptable permessage-deflate offer of `req`, if deflate is on.
+    pub(crate) fn negotiate_server(config: &Config, req: &Request) -> Option<Box<Self>> {
+        let cfg = config.deflate.as_ref()?;
+        let offers =
+            req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(EXTENSIONS)).filter_map(|(_, v)| std::str::from_utf8(v).ok());
+        let params = deflate::negotiate_server(offers, cfg)?;
+        Some(Box::new(Self(Session::new(params, cfg, true))))
+    }
+
+    /// Client: what to offer in `Sec-WebSocket-Extensions`, if deflate is on.
+    pub(crate) fn client_offer(config: &Config) -> Option<String> {
+        config.deflate.as_ref().map(deflate::client_offer)
+    }
+
+    /// Client: checks an extension the server's response names; only our offer is allowed (§4.1).
+    pub(crate) fn accept_response(config: &Config, value: &str) -> Result<Box<Self>, HandshakeError> {
+        let Some(cfg) = config.deflate.as_ref() else {
+            return Err(HandshakeError::UnexpectedExtension(value.to_owned()));
+        };
+        let params = deflate::accept_response(value, cfg)?;
+        Ok(Box::new(Self(Session::new(params, cfg, false))))
+    }
+
+    /// The server's `Sec-WebSocket-Extensions` answer.
+    pub(crate) fn response_header(&self) -> String {
+        self.0.params.to_header()
+    }
+
+    /// The agreed parameters.
+    pub(crate) fn params(&self) -> DeflateParams {
+        self.0.params
+    }
+
+    /// Whether a server may queue a frame compressed alone with `window_bits` (see
+    /// [`crate::SharedFrame::new_compressed`]): the client must expect no context
+    /// takeover and allow a window at least that large.
+    pub(crate) fn accepts_shared(&self, window_bits: u8) -> bool {
+        let p = self.0.params;
+        p.server_no_context_takeover && window_bits <= p.server_max_window_bits
+    }
+
+    /// Whether a message of `len` bytes is worth compressing.
+    pub(crate) fn wants(&self, len: usize) -> bool {
+        self.0.wants(len)
+    }
+
+    /// Compresses a whole message; the result is valid until the next call.
+    pub(crate) fn compress(&mut self, data: &[u8]) -> &[u8] {
+        self.0.compress(data);
+        &self.0.scratch
+    }
+
+    /// Unmasks `chunk` into the scratch buffer and inflates it onto `out`, which may
+    /// hold at most `limit` more bytes of this message; returns the next mask offset.
+    /// Past the limit: 1009 naming `max`, the configured message limit.
+    pub(crate) fn inflate_masked(
+        &mut self,
+        chunk: &[u8],
+        mask: Option<[u8; 4]>,
+        mask_off: usize,
+        out: &mut Vec<u8>,
+        limit: usize,
+        max: usize,
+    ) -> Result<usize, ProtocolError> {
+        self.0.scratch.clear();
+        let off = crate::proto::mask::extend_unmasked(&mut self.0.scratch, chunk, mask, mask_off);
+        self.0.inflate_scratch(out, limit).map_err(|e| inflate_error(e, max))?;
+        Ok(off)
+    }
+
+    /// Ends a compressed message (the removed `00 00 ff ff` tail, §7.2.2).
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>, limit: usize, max: usize) -> Result<(), ProtocolError> {
+        self.0.finish(out, limit).map_err(|e| inflate_error(e, max))
+    }
+
+    /// Bytes the compression state pins.
+    pub(crate) fn footprint(&self) -> usize {
+        self.0.footprint()
+    }
+}
+
+#[cfg(feature = "deflate")]
+fn inflate_error(e: InflateError, max: usize) -> ProtocolError {
+    match e {
+        InflateError::TooBig => ProtocolError::MessageTooBig { limit: max },
+        InflateError::Corrupt => ProtocolError::InvalidCompressedData,
+    }
+}
+
+#[cfg(not(feature = "deflate"))]
+impl Compression {
+    pub(crate) fn negotiate_server(_config: &Config, _req: &Request) -> Option<Box<Self>> {
+        None
+    }
+
+    pub(crate) fn client_offer(_config: &Config) -> Option<String> {
+        None
+    }
+
+    pub(crate) fn accept_response(_config: &Config, value: &str) -> Result<Box<Self>, HandshakeError> {
+        Err(HandshakeError::UnexpectedExtension(value.to_owned()))
+    }
+
+    pub(crate) fn response_header(&self) -> String {
+        match *self {}
+    }
+
+    pub(crate) fn accepts_shared(&self, _window_bits: u8) -> bool {
+        match *self {}
+    }
+
+    pub(crate) fn wants(&self, _len: usize) -> bool {
+        match *self {}
+    }
+
+    pub(crate) fn compress(&mut self, _data: &[u8]) -> &[u8] {
+        match *self {}
+    }
+
+    pub(crate) fn inflate_masked(
+        &mut self,
+        _chunk: &[u8],
+        _mask: Option<[u8; 4]>,
+        _mask_off: usize,
+        _out: &mut Vec<u8>,
+        _limit: usize,
+        _max: usize,
+    ) -> Result<usize, ProtocolError> {
+        match *self {}
+    }
+
+    pub(crate) fn finish(&mut self, _out: &mut Vec<u8>, _limit: usize, _max: usize) -> Result<(), ProtocolError> {
+        match *self {}
+    }
+
+    pub(crate) fn footprint(&self) -> usize {
+        match *self {}
+    }
+}
