@@ -6,7 +6,7 @@
 //!   validation, the closing handshake, ping/pong and limits. It owns no socket, no
 //!   clock and no thread: bytes and the current time go in, events and bytes come out,
 //!   so it can be embedded in any event loop, a game loop or a test.
-//! * [`net`] (feature `net`, on by default), a small mio event loop that drives the core:
+//! * `net` (feature `net`, on by default), a small mio event loop that drives the core:
 //!   the relay and echo servers and a blocking-style client.
 //!
 //! ## Driving the core

@@ -131,18 +131,18 @@ impl std::fmt::Debug for ControlPayload {
 #[non_exhaustive]
 pub enum Event {
     /// Server: a valid opening handshake request; answer it with
-    /// [`Connection::accept`] or [`Connection::reject`].
+    /// [`crate::Connection::accept`] or [`crate::Connection::reject`].
     Request(Box<Request>),
     /// The handshake is done; messages may flow.
     Open {
         /// The subprotocol agreed on, if any.
         subprotocol: Option<String>,
     },
-    /// A whole text message ([`Delivery::Messages`]).
+    /// A whole text message ([`crate::Delivery::Messages`]).
     Text(String),
-    /// A whole binary message ([`Delivery::Messages`]).
+    /// A whole binary message ([`crate::Delivery::Messages`]).
     Binary(Vec<u8>),
-    /// One data frame ([`Delivery::Frames`]). For text, the frames of a message
+    /// One data frame ([`crate::Delivery::Frames`]). For text, the frames of a message
     /// together are valid UTF-8; one frame alone may end inside a code point.
     Frame {
         /// The message's kind (continuation frames report their message's kind).
