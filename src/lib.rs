@@ -63,6 +63,8 @@ pub use proto::connection::Connection;
 pub use proto::deflate::{DeflateConfig, DeflateParams};
 pub use proto::error::{HandshakeError, ProtocolError, UsageError};
 pub use proto::frame::{MessageKind, OpCode};
-pub use proto::handshake::{Accept, ClientRequest, Headers, Reject, Request, Response, Url, accept_key};
+pub use proto::handshake::{
+    Accept, ClientHandshake, ClientHandshakeDone, ClientRequest, Headers, Reject, Request, Response, Url, accept_key,
+};
 pub use proto::mask::{FixedMaskGenerator, MaskGenerator, RandomMaskGenerator};
 pub use proto::types::{CloseFrame, Closed, ControlPayload, Event, MAX_CONTROL_PAYLOAD, Role, SharedFrame, Side, State};

@@ -4,51 +4,132 @@
 //! frames are encoded once and the same bytes are written again and again (masked
 //! with a fixed key: fine for a benchmark, never for a browser-facing client), server
 //! frames are only delimited, never copied out or unmasked, and everything produced
-//! by one read goes out in one write.
+//! by one read goes out in one write. The opening handshake and the framing are the
+//! library's own ([`ClientHandshake`], [`encode_frame`], [`decode_header`]): each
+//! connection sends a random key and checks the server's `Sec-WebSocket-Accept`.
 //!
 //! Modes: `echo` (connections × messages in flight → msg/s, MB/s, round-trip
 //! percentiles), `relay` (N clients in one room, S of them sending → deliveries/s and
 //! delivery latency), `idle` (open and hold N connections).
+//!
+//! A run is four parts: [`Bench::connect_all`] opens every connection, the traffic
+//! starts ([`Bench::start_traffic`]), [`Bench::drive`] turns the event loop (echo:
+//! [`Bench::drive_echo`], relay: [`Bench::drive_relay`] and [`Bench::refill_relay`])
+//! while the [`Meter`] warms up and measures, and [`Bench::finish`] reports.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use rfc6455::proto::frame::{OpCode, decode_header, encode_frame};
-use rfc6455::{MessageKind, Url};
+use rfc6455::proto::deflate::{DeflateConfig, Deflater};
+use rfc6455::proto::frame::{OpCode, decode_header, encode_frame, encode_frame_rsv};
+use rfc6455::proto::handshake::ClientHandshake;
+use rfc6455::{ClientRequest, MessageKind};
 
-/// Fixed masking key of the generator's frames.
+/// Masking key of every frame the generator sends. RFC 6455 §5.3 asks for a fresh,
+/// unpredictable key per frame so that script in a browser cannot choose the bytes an
+/// intermediary sees; a benchmark client runs no foreign script and must not spend its
+/// time masking, so its frames are masked once, with this key, and reused.
 const KEY: [u8; 4] = [0x5a, 0xc3, 0x3c, 0xa5];
 
+/// How long all connections together may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest wait in one poll, so that progress lines and the end come on time.
+const TICK: Duration = Duration::from_millis(100);
+
 /// What to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
+    /// Each connection keeps N messages in flight to an echo server.
     Echo,
+    /// N clients in one relay room, S of them sending.
     Relay,
+    /// Open N connections and hold them.
     Idle,
 }
 
-/// Load parameters.
-#[derive(Clone, Debug)]
+/// Load parameters: the arguments of `rfc6455 bench`.
+#[derive(Clone, Debug, clap::Args)]
 pub struct Params {
+    /// What to measure.
+    #[arg(value_enum)]
     pub mode: Mode,
+    /// Server URL.
+    #[arg(long, default_value = "ws://127.0.0.1:9002/")]
     pub url: String,
+    /// Connections (relay: clients in the room; idle: connections to hold).
+    #[arg(long, short = 'c', default_value_t = 64, value_parser = at_least_one)]
     pub connections: usize,
+    /// Messages in flight per connection (relay: per sender).
+    #[arg(long, short = 'n', default_value_t = 16, value_parser = at_least_one)]
     pub in_flight: usize,
+    /// Payload bytes per message (relay: at least 16, for the timestamp).
+    #[arg(long, short = 's', default_value_t = 16, value_parser = at_least_one)]
     pub size: usize,
+    /// Relay: how many of the clients send.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub senders: usize,
+    /// Seconds to measure (idle: to hold the connections).
+    #[arg(long, short = 'd', default_value = "5", value_parser = seconds, allow_negative_numbers = true)]
     pub duration: Duration,
+    /// Seconds of traffic before measuring.
+    #[arg(long, default_value = "1", value_parser = seconds, allow_negative_numbers = true)]
     pub warmup: Duration,
-    pub kind: MessageKind,
+    /// Send binary messages (default text; relay always sends binary).
+    #[arg(long)]
+    pub binary: bool,
+    /// No progress lines, only the summary.
+    #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// The server's process id: its CPU time and memory are sampled from /proc.
+    /// Process id of the server (same machine): report its CPU time and memory.
+    #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Offer permessage-deflate (without client context takeover, so one compressed
-    /// frame can be sent again and again) and send compressed messages.
+    /// Offer permessage-deflate and send compressed messages (echo, idle).
+    #[arg(long)]
     pub deflate: bool,
+}
+
+/// A count that must be at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A duration in seconds, fractions allowed (`5`, `0.2`).
+fn seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s} is not a finite, non-negative number of seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s} seconds: {e}"))
+}
+
+impl Params {
+    /// Applies the rules of each mode: relay payloads are binary and at least 16
+    /// bytes (they carry a timestamp and a sequence number), at most every client
+    /// sends, and idle has no warm-up.
+    pub fn resolved(mut self) -> Self {
+        if self.mode == Mode::Relay {
+            self.size = self.size.max(16);
+            self.binary = true;
+        }
+        self.senders = self.senders.min(self.connections);
+        if self.mode == Mode::Idle {
+            self.warmup = Duration::ZERO;
+        }
+        self
+    }
+
+    fn kind(&self) -> MessageKind {
+        if self.binary || self.mode == Mode::Relay { MessageKind::Binary } else { MessageKind::Text }
+    }
 }
 
 /// Results of one run.
@@ -144,10 +225,184 @@ impl Report {
     }
 }
 
-#[derive(PartialEq, Eq)]
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.into())
+}
+
+/// Where to connect and what to ask for.
+struct Target {
+    addr: SocketAddr,
+    request: ClientRequest,
+    deflate: Option<DeflateConfig>,
+}
+
+impl Target {
+    fn new(p: &Params) -> io::Result<Target> {
+        let request = ClientRequest::new(&p.url).map_err(|e| invalid(e.to_string()))?;
+        let url = request.url();
+        if url.secure {
+            return Err(invalid("wss:// is not supported"));
+        }
+        if p.deflate && p.mode == Mode::Relay {
+            return Err(invalid("--deflate is for echo and idle (relay payloads carry raw timestamps)"));
+        }
+        let addr = (url.host.as_str(), url.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address for host"))?;
+        // Without client context takeover every message is compressed from scratch,
+        // so one compressed frame can be sent again and again.
+        let deflate = p.deflate.then(|| DeflateConfig { client_no_context_takeover: true, ..DeflateConfig::default() });
+        Ok(Target { addr, request, deflate })
+    }
+
+    /// A fresh handshake: a random key for every connection.
+    fn handshake(&self) -> Box<ClientHandshake> {
+        let hs = ClientHandshake::with_random_key(&self.request);
+        Box::new(match &self.deflate {
+            Some(cfg) => hs.offer_deflate(cfg),
+            None => hs,
+        })
+    }
+}
+
+/// A payload of `size` bytes that looks like chat or JSON text (compressible, not trivial).
+fn sample_payload(size: usize) -> Vec<u8> {
+    let text = br#"{"user":"ann","room":"lobby","text":"hello everyone, the match starts in five minutes","ts":1764158400123},"#;
+    text.iter().copied().cycle().take(size).collect()
+}
+
+/// The data frame every message is: encoded (masked with [`KEY`], and compressed with
+/// `--deflate`) once, then copied into the output again and again.
+#[derive(Debug)]
+struct Frame {
+    bytes: Vec<u8>,
+    /// Where the payload starts: the length of the encoded header.
+    payload_at: usize,
+}
+
+impl Frame {
+    /// `deflate_bits`: the compression window the server allowed, when it agreed to
+    /// permessage-deflate; the message is then compressed once, without context.
+    fn build(p: &Params, deflate_bits: Option<u8>) -> Frame {
+        let mut bytes = Vec::new();
+        let opcode = p.kind().opcode();
+        match deflate_bits {
+            Some(bits) => {
+                let mut compressed = Vec::new();
+                Deflater::new(DeflateConfig::default().level, bits, true).compress(&sample_payload(p.size), &mut compressed);
+                encode_frame_rsv(&mut bytes, true, 0b100, opcode, Some(KEY), &compressed);
+            }
+            None => encode_frame(&mut bytes, true, opcode, Some(KEY), &vec![b'x'; p.size]),
+        }
+        let Ok(Some((header, payload_at))) = decode_header(&bytes) else { unreachable!("a frame we encoded has a header") };
+        debug_assert_eq!(payload_at as u64 + header.payload_len, bytes.len() as u64);
+        Frame { bytes, payload_at }
+    }
+
+    /// Appends the frame with its first 16 payload bytes (fewer if the payload is
+    /// shorter) set to the send time and the sequence number, for relay latency.
+    fn push_stamped(&self, out: &mut Vec<u8>, nanos: u64, seq: u64) {
+        let start = out.len() + self.payload_at;
+        out.extend_from_slice(&self.bytes);
+        let mut stamp = [0u8; 16];
+        stamp[..8].copy_from_slice(&nanos.to_le_bytes());
+        stamp[8..].copy_from_slice(&seq.to_le_bytes());
+        let payload = &mut out[start..];
+        let n = stamp.len().min(payload.len());
+        // The payload is masked from its first byte with KEY.
+        for (k, (dst, b)) in payload[..n].iter_mut().zip(stamp).enumerate() {
+            *dst = b ^ KEY[k & 3];
+        }
+    }
+}
+
+/// Bytes read from the server and not yet delimited into frames.
+#[derive(Default)]
+struct Inbox {
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+/// What [`Inbox::take_frames`] found.
+#[derive(Default)]
+struct Taken {
+    /// Complete data messages (final data frames).
+    messages: u64,
+    /// Their payload bytes as sent (compressed ones compressed).
+    bytes: u64,
+    /// The server sent a close frame, or a frame we cannot read.
+    closed: bool,
+}
+
+impl Inbox {
+    /// Reads everything the socket holds; false once it is closed or failed (what was
+    /// read before stays buffered).
+    fn read_from(&mut self, stream: &mut TcpStream, scratch: &mut [u8]) -> bool {
+        loop {
+            match stream.read(scratch) {
+                Ok(0) => return false,
+                Ok(n) => self.buf.extend_from_slice(&scratch[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
+    }
+
+    /// Delimits the complete frames buffered, calling `on_message` with the payload
+    /// of each final data frame (unmasked: server frames are not masked), and drops
+    /// them from the buffer.
+    fn take_frames(&mut self, mut on_message: impl FnMut(&[u8])) -> Taken {
+        let mut taken = Taken::default();
+        loop {
+            let avail = &self.buf[self.pos..];
+            let (header, n) = match decode_header(avail) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => {
+                    taken.closed = true;
+                    break;
+                }
+            };
+            let len = header.payload_len as usize;
+            if ((avail.len() - n) as u64) < header.payload_len {
+                break;
+            }
+            match header.opcode {
+                OpCode::Text | OpCode::Binary | OpCode::Continuation if header.fin => {
+                    taken.messages += 1;
+                    taken.bytes += len as u64;
+                    on_message(&avail[n..n + len]);
+                }
+                OpCode::Close => {
+                    taken.closed = true;
+                    break;
+                }
+                _ => {}
+            }
+            self.pos += n + len;
+        }
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > 64 * 1024 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        taken
+    }
+}
+
 enum Phase {
-    Connecting,
-    Handshake,
+    /// TCP connect in progress; the handshake to send once it completes.
+    Connecting(Box<ClientHandshake>),
+    /// Request sent, reading the response.
+    Handshake(Box<ClientHandshake>),
     Open,
     Dead,
 }
@@ -155,20 +410,18 @@ enum Phase {
 struct Conn {
     stream: TcpStream,
     phase: Phase,
-    rbuf: Vec<u8>,
-    rpos: usize,
+    inbox: Inbox,
     out: Vec<u8>,
     out_pos: usize,
+    /// Echo: send times of the messages in flight, oldest first.
     sent: VecDeque<Instant>,
-    sender: bool,
+    /// Whether WRITABLE interest is registered.
     want_write: bool,
+    /// The compression window the server allowed us, if it agreed to deflate.
+    deflate_bits: Option<u8>,
 }
 
 impl Conn {
-    fn queue(&mut self, bytes: &[u8]) {
-        self.out.extend_from_slice(bytes);
-    }
-
     /// Writes what is queued; false if the connection died.
     fn flush(&mut self) -> bool {
         while self.out_pos < self.out.len() {
@@ -184,375 +437,500 @@ impl Conn {
         self.out_pos = 0;
         true
     }
-}
 
-fn request(url: &Url, deflate: bool) -> Vec<u8> {
-    let ext = if deflate { "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n" } else { "" };
-    format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n",
-        url.resource,
-        url.host_header()
-    )
-    .into_bytes()
-}
-
-/// A payload of `size` bytes that looks like chat or JSON text (compressible, not trivial).
-fn sample_payload(size: usize) -> Vec<u8> {
-    let text = br#"{"user":"ann","room":"lobby","text":"hello everyone, the match starts in five minutes","ts":1764158400123},"#;
-    text.iter().copied().cycle().take(size).collect()
-}
-
-/// Runs the load and returns its report.
-pub fn run(p: &Params) -> io::Result<Report> {
-    let url = Url::parse(&p.url).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-    if url.secure {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "wss:// is not supported"));
-    }
-    let addr: SocketAddr = (url.host.as_str(), url.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address for host"))?;
-    let req = request(&url, p.deflate);
-    if p.deflate && p.mode == Mode::Relay {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "--deflate is for echo and idle (relay payloads carry raw timestamps)"));
-    }
-    let rss_before = p.server_pid.and_then(process_rss);
-    let mut cpu_at_start = None;
-    let mut poll = Poll::new()?;
-    let mut events = Events::with_capacity(4096);
-    let mut conns: Vec<Conn> = Vec::with_capacity(p.connections);
-    let start_connect = Instant::now();
-    for i in 0..p.connections {
-        let mut stream = TcpStream::connect(addr)?;
-        poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
-        conns.push(Conn {
-            stream,
-            phase: Phase::Connecting,
-            rbuf: Vec::new(),
-            rpos: 0,
-            out: Vec::new(),
-            out_pos: 0,
-            sent: VecDeque::new(),
-            sender: p.mode == Mode::Relay && i < p.senders,
-            want_write: true,
-        });
-    }
-
-    // Frames are built once: a payload of `size` bytes, masked (and compressed once,
-    // without context, with --deflate).
-    let mut frame = Vec::new();
-    let payload = if p.deflate { sample_payload(p.size) } else { vec![b'x'; p.size] };
-    if p.deflate {
-        let mut compressed = Vec::new();
-        rfc6455::proto::deflate::Deflater::new(6, 15, true).compress(&payload, &mut compressed);
-        rfc6455::proto::frame::encode_frame_rsv(&mut frame, true, 0b100, p.kind.opcode(), Some(KEY), &compressed);
-    } else {
-        encode_frame(&mut frame, true, p.kind.opcode(), Some(KEY), &payload);
-    }
-    let frame_payload_offset = frame.len() - p.size;
-    let mut rbuf = vec![0u8; 256 * 1024];
-    let mut report = Report::default();
-    let mut open = 0usize;
-    let mut dead = 0usize;
-    let connect_deadline = Instant::now() + Duration::from_secs(30);
-    let mut measuring = false;
-    let mut measure_start = Instant::now();
-    let mut run_end: Option<Instant> = None;
-    let mut last_progress = Instant::now();
-    let mut last_count = 0u64;
-    let recipients = (p.connections.saturating_sub(1)) as u64;
-    // Relay: a sender may have `in_flight` messages not yet delivered everywhere.
-    let mut relay_window: Vec<VecDeque<u64>> = vec![VecDeque::new(); p.senders.max(1)];
-    let mut relay_seq = 0u64;
-    let mut deliveries_per_msg: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
-    let epoch = Instant::now();
-
-    loop {
-        let now = Instant::now();
-        if let Some(end) = run_end {
-            if now >= end {
-                break;
-            }
-        } else if open + dead == p.connections {
-            // All connected: warm up, then measure.
-            if open == 0 {
-                return Err(io::Error::new(io::ErrorKind::ConnectionRefused, "no connection opened"));
-            }
-            report.connect_time = now - start_connect;
-            measure_start = now + p.warmup;
-            run_end = Some(measure_start + p.duration);
-            if !p.quiet {
-                eprintln!(
-                    "{open} connections open in {:.3} s; running {:?} for {:?}",
-                    report.connect_time.as_secs_f64(),
-                    p.mode,
-                    p.duration
-                );
-            }
-            // Start the traffic.
-            for (i, c) in conns.iter_mut().enumerate() {
-                if c.phase != Phase::Open {
-                    continue;
-                }
-                match p.mode {
-                    Mode::Echo => {
-                        for _ in 0..p.in_flight {
-                            c.queue(&frame);
-                            c.sent.push_back(now);
-                        }
-                    }
-                    Mode::Relay if c.sender => {
-                        for _ in 0..p.in_flight {
-                            relay_seq += 1;
-                            queue_stamped(c, &frame, frame_payload_offset, epoch, relay_seq);
-                            relay_window[i].push_back(relay_seq);
-                            deliveries_per_msg.insert(relay_seq, 0);
-                        }
-                    }
-                    _ => {}
-                }
-                if !c.flush() {
-                    c.phase = Phase::Dead;
-                    report.errors += 1;
-                }
-            }
-        } else if now >= connect_deadline {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, format!("only {open} of {} connections opened", p.connections)));
+    /// Whether a non-blocking connect has completed: `Ok(false)` while it is still in
+    /// progress, `Err` once it failed.
+    fn connected(&self, event: &mio::event::Event) -> io::Result<bool> {
+        if let Some(e) = self.stream.take_error()? {
+            return Err(e);
         }
-        if !measuring && run_end.is_some() && now >= measure_start {
-            measuring = true;
-            cpu_at_start = p.server_pid.and_then(process_cpu);
-            if let (Some(pid), Some(before)) = (p.server_pid, rss_before) {
+        match self.stream.peer_addr() {
+            Ok(_) => Ok(true),
+            Err(_) if event.is_error() || event.is_write_closed() => {
+                Err(io::Error::new(io::ErrorKind::ConnectionRefused, "connect failed"))
+            }
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+/// The warm-up and the measured window, and the progress lines.
+struct Meter {
+    /// When counting starts (after the warm-up).
+    start: Instant,
+    /// When the run ends.
+    end: Instant,
+    measuring: bool,
+    last_progress: Instant,
+    last_count: u64,
+    cpu_at_start: Option<Duration>,
+    rss_before: Option<u64>,
+}
+
+impl Meter {
+    fn new(p: &Params, now: Instant, rss_before: Option<u64>) -> Meter {
+        let start = now + p.warmup;
+        Meter { start, end: start + p.duration, measuring: false, last_progress: now, last_count: 0, cpu_at_start: None, rss_before }
+    }
+
+    /// Starts counting once the warm-up is over (forgetting what came before) and
+    /// prints a progress line every second.
+    fn tick(&mut self, now: Instant, p: &Params, report: &mut Report) {
+        if !self.measuring && now >= self.start {
+            self.measuring = true;
+            self.cpu_at_start = p.server_pid.and_then(process_cpu);
+            if let (Some(pid), Some(before)) = (p.server_pid, self.rss_before) {
                 report.server_rss = process_rss(pid).map(|after| (before, after));
             }
             report.messages = 0;
             report.bytes = 0;
             report.latencies_us.clear();
-            last_count = 0;
+            self.last_count = 0;
+            self.last_progress = now;
         }
-        if !p.quiet && now - last_progress >= Duration::from_secs(1) && measuring {
-            let rate = (report.messages - last_count) as f64 / (now - last_progress).as_secs_f64();
+        if !p.quiet && self.measuring && now - self.last_progress >= Duration::from_secs(1) {
+            let rate = (report.messages - self.last_count) as f64 / (now - self.last_progress).as_secs_f64();
+            let unit = if p.mode == Mode::Relay { "deliveries" } else { "msg" };
+            eprintln!("  t={:.0}s {rate:.0} {unit}/s", (now - self.start).as_secs_f64());
+            self.last_progress = now;
+            self.last_count = report.messages;
+        }
+    }
+
+    /// Ends the run: the measured time and the server's CPU time over it.
+    fn finish(&self, p: &Params, report: &mut Report) {
+        report.elapsed = if self.measuring { Instant::now() - self.start } else { Duration::ZERO };
+        if let (Some(pid), Some(start)) = (p.server_pid, self.cpu_at_start) {
+            report.server_cpu = process_cpu(pid).map(|end| end.saturating_sub(start));
+        }
+    }
+}
+
+/// Relay bookkeeping: each sender keeps `in_flight` messages that have not reached
+/// every other client yet.
+struct RelayState {
+    /// Time zero of the timestamps in the payloads.
+    epoch: Instant,
+    seq: u64,
+    /// Per sender, its messages not yet delivered everywhere, oldest first.
+    window: Vec<VecDeque<u64>>,
+    /// Deliveries so far of each message in a window.
+    deliveries: HashMap<u64, u64>,
+    /// How many deliveries make a message complete: every client but the sender.
+    recipients: u64,
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// A run in progress.
+struct Bench<'p> {
+    p: &'p Params,
+    poll: Poll,
+    conns: Vec<Conn>,
+    /// The read buffer shared by all connections.
+    scratch: Vec<u8>,
+    frame: Frame,
+    report: Report,
+    open: usize,
+    dead: usize,
+    /// Connections that failed to open, and why the first one did.
+    failed: usize,
+    first_failure: Option<String>,
+    /// Whether the traffic has started (echo answers and relay refills wait for it).
+    traffic: bool,
+    meter: Meter,
+    relay: RelayState,
+}
+
+/// Runs the load and returns its report.
+pub fn run(p: &Params) -> io::Result<Report> {
+    let target = Target::new(p)?;
+    let mut events = Events::with_capacity(4096);
+    let mut bench = Bench::connect_all(p, &target, &mut events)?;
+    bench.start_traffic();
+    bench.drive(&mut events)?;
+    Ok(bench.finish())
+}
+
+impl<'p> Bench<'p> {
+    /// Opens every connection (TCP, then the handshake, each with its own key) and
+    /// waits until each is open or has failed. Fails when none opened, naming why.
+    fn connect_all(p: &'p Params, target: &Target, events: &mut Events) -> io::Result<Bench<'p>> {
+        let rss_before = p.server_pid.and_then(process_rss);
+        let poll = Poll::new()?;
+        let start = Instant::now();
+        let mut conns = Vec::with_capacity(p.connections);
+        for i in 0..p.connections {
+            let mut stream = TcpStream::connect(target.addr)?;
+            poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+            conns.push(Conn {
+                stream,
+                phase: Phase::Connecting(target.handshake()),
+                inbox: Inbox::default(),
+                out: Vec::new(),
+                out_pos: 0,
+                sent: VecDeque::new(),
+                want_write: true,
+                deflate_bits: None,
+            });
+        }
+        let senders = if p.mode == Mode::Relay { p.senders } else { 0 };
+        let mut bench = Bench {
+            p,
+            poll,
+            conns,
+            scratch: vec![0u8; 256 * 1024],
+            frame: Frame { bytes: Vec::new(), payload_at: 0 },
+            report: Report::default(),
+            open: 0,
+            dead: 0,
+            failed: 0,
+            first_failure: None,
+            traffic: false,
+            meter: Meter::new(p, start, rss_before),
+            relay: RelayState {
+                epoch: start,
+                seq: 0,
+                window: vec![VecDeque::new(); senders],
+                deliveries: HashMap::new(),
+                recipients: p.connections.saturating_sub(1) as u64,
+            },
+        };
+        let deadline = start + CONNECT_TIMEOUT;
+        while bench.open + bench.dead < p.connections {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("only {} of {} connections opened", bench.open, p.connections),
+                ));
+            }
+            bench.turn(events, (deadline - now).min(TICK))?;
+        }
+        let reason = bench.first_failure.as_deref().unwrap_or("unknown");
+        if bench.open == 0 {
+            return Err(io::Error::new(io::ErrorKind::ConnectionRefused, format!("no connection opened: {reason}")));
+        }
+        if bench.failed > 0 {
+            eprintln!("{} of {} connections failed to open; the first: {reason}", bench.failed, p.connections);
+        }
+        bench.report.connect_time = start.elapsed();
+        bench.report.open = bench.open;
+        // With --deflate every open connection agreed to it; compress with the
+        // smallest window any of them allowed.
+        let bits = bench.conns.iter().filter(|c| matches!(c.phase, Phase::Open)).filter_map(|c| c.deflate_bits).min();
+        bench.frame = Frame::build(p, bits);
+        Ok(bench)
+    }
+
+    /// Puts the first messages in flight (echo: `in_flight` per connection; relay:
+    /// `in_flight` per sender) and starts the warm-up.
+    fn start_traffic(&mut self) {
+        let now = Instant::now();
+        self.meter = Meter::new(self.p, now, self.meter.rss_before);
+        self.traffic = true;
+        if !self.p.quiet {
             eprintln!(
-                "  t={:.0}s {:.0} {}/s",
-                (now - measure_start).as_secs_f64(),
-                rate,
-                if p.mode == Mode::Relay { "deliveries" } else { "msg" }
+                "{} connections open in {:.3} s; running {:?} for {:?}",
+                self.open,
+                self.report.connect_time.as_secs_f64(),
+                self.p.mode,
+                self.p.duration
             );
-            last_progress = now;
-            last_count = report.messages;
         }
-        let timeout = run_end.map_or(Duration::from_millis(100), |e| e.saturating_duration_since(now).min(Duration::from_millis(100)));
-        match poll.poll(&mut events, Some(timeout)) {
+        for i in 0..self.conns.len() {
+            if !matches!(self.conns[i].phase, Phase::Open) {
+                continue;
+            }
+            match self.p.mode {
+                Mode::Echo => {
+                    let c = &mut self.conns[i];
+                    for _ in 0..self.p.in_flight {
+                        c.out.extend_from_slice(&self.frame.bytes);
+                        c.sent.push_back(now);
+                    }
+                }
+                Mode::Relay if i < self.relay.window.len() => self.send_relay(i, self.p.in_flight),
+                _ => {}
+            }
+            self.flush(i);
+            self.sync_interest(i);
+        }
+    }
+
+    /// Turns the event loop until the end of the run.
+    fn drive(&mut self, events: &mut Events) -> io::Result<()> {
+        loop {
+            let now = Instant::now();
+            if now >= self.meter.end {
+                return Ok(());
+            }
+            self.meter.tick(now, self.p, &mut self.report);
+            self.turn(events, (self.meter.end - now).min(TICK))?;
+        }
+    }
+
+    /// Stops the clock, closes the open connections politely (a close frame each)
+    /// and returns the report.
+    fn finish(mut self) -> Report {
+        self.meter.finish(self.p, &mut self.report);
+        self.report.open = self.open;
+        let mut close = Vec::new();
+        encode_frame(&mut close, true, OpCode::Close, Some(KEY), &[0x03, 0xe8]);
+        for c in &mut self.conns {
+            if matches!(c.phase, Phase::Open) {
+                c.out.extend_from_slice(&close);
+                let _ = c.flush();
+            }
+        }
+        self.report
+    }
+
+    /// One poll and the handling of its events.
+    fn turn(&mut self, events: &mut Events, timeout: Duration) -> io::Result<()> {
+        match self.poll.poll(events, Some(timeout)) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
             Err(e) => return Err(e),
         }
         let now = Instant::now();
         for ev in events.iter() {
             let i = ev.token().0;
-            let c = &mut conns[i];
-            if c.phase == Phase::Dead {
-                continue;
-            }
-            if c.phase == Phase::Connecting && (ev.is_writable() || ev.is_readable()) {
-                if c.stream.peer_addr().is_err() {
-                    if ev.is_error() || ev.is_write_closed() {
-                        c.phase = Phase::Dead;
-                        dead += 1;
-                        report.errors += 1;
-                    }
-                    continue;
-                }
+            self.on_event(i, ev, now);
+            self.sync_interest(i);
+        }
+        if self.traffic && self.p.mode == Mode::Relay {
+            self.refill_relay();
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, i: usize, ev: &mio::event::Event, now: Instant) {
+        match self.conns[i].phase {
+            Phase::Dead => return,
+            Phase::Connecting(_) if !(ev.is_writable() || ev.is_readable()) => return,
+            _ => {}
+        }
+        if matches!(self.conns[i].phase, Phase::Connecting(_)) && !self.on_connect(i, ev) {
+            return;
+        }
+        let c = &mut self.conns[i];
+        if ev.is_writable() && !c.flush() {
+            return self.kill(i);
+        }
+        if !ev.is_readable() {
+            return;
+        }
+        let alive = c.inbox.read_from(&mut c.stream, &mut self.scratch);
+        if matches!(c.phase, Phase::Handshake(_)) && !self.on_response(i, alive) {
+            return;
+        }
+        match self.p.mode {
+            Mode::Echo => self.drive_echo(i, now),
+            Mode::Relay => self.drive_relay(i, now),
+            Mode::Idle => self.drive_idle(i),
+        }
+        if !alive {
+            self.kill(i);
+        }
+    }
+
+    /// A connect finished (or failed): the request goes out; true once it is queued.
+    fn on_connect(&mut self, i: usize, ev: &mio::event::Event) -> bool {
+        let c = &mut self.conns[i];
+        match c.connected(ev) {
+            Ok(false) => false,
+            Ok(true) => {
                 let _ = c.stream.set_nodelay(true);
-                c.phase = Phase::Handshake;
-                c.queue(&req);
+                let Phase::Connecting(hs) = std::mem::replace(&mut c.phase, Phase::Dead) else { return false };
+                hs.write_request(&mut c.out);
+                c.phase = Phase::Handshake(hs);
+                true
             }
-            if ev.is_writable() && !c.flush() {
-                kill(c, &mut open, &mut dead, &mut report);
-                continue;
+            Err(e) => {
+                let why = format!("cannot connect to {}: {e}", self.p.url);
+                self.fail(i, why);
+                false
             }
-            if !ev.is_readable() {
-                continue;
+        }
+    }
+
+    /// Feeds the response bytes read so far to the handshake; true once it opened.
+    fn on_response(&mut self, i: usize, alive: bool) -> bool {
+        let c = &mut self.conns[i];
+        let Phase::Handshake(hs) = &mut c.phase else { return false };
+        let result = hs.push(c.inbox.pending());
+        match result {
+            Ok(None) if alive => {
+                // The handshake keeps what it needs of the head.
+                c.inbox.buf.clear();
+                false
             }
-            // Read everything there is.
-            loop {
-                match c.stream.read(&mut rbuf) {
-                    Ok(0) => {
-                        kill(c, &mut open, &mut dead, &mut report);
-                        break;
-                    }
-                    Ok(n) => c.rbuf.extend_from_slice(&rbuf[..n]),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        kill(c, &mut open, &mut dead, &mut report);
-                        break;
-                    }
+            Ok(None) => {
+                self.fail(i, "the server closed the connection during the handshake");
+                false
+            }
+            Err(e) => {
+                self.fail(i, format!("handshake failed: {e}"));
+                false
+            }
+            Ok(Some(done)) => {
+                if self.p.deflate && done.deflate.is_none() {
+                    self.fail(i, "the server did not accept permessage-deflate (--deflate needs a server that does)");
+                    return false;
                 }
-            }
-            if c.phase == Phase::Dead {
-                continue;
-            }
-            if c.phase == Phase::Handshake {
-                let Some(end) = c.rbuf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                if !c.rbuf.starts_with(b"HTTP/1.1 101") {
-                    eprintln!("handshake refused: {}", String::from_utf8_lossy(&c.rbuf[..end]).lines().next().unwrap_or(""));
-                    c.phase = Phase::Dead;
-                    dead += 1;
-                    report.errors += 1;
-                    continue;
-                }
-                c.rpos = end + 4;
+                // What followed the head (frames) stays in the inbox.
+                c.inbox.pos = c.inbox.buf.len() - done.rest;
+                c.deflate_bits = done.deflate.map(|d| d.client_max_window_bits);
                 c.phase = Phase::Open;
-                open += 1;
-                report.open = open;
+                self.open += 1;
+                true
             }
-            // Delimit the frames that are complete.
-            let mut got = 0u64;
-            loop {
-                let avail = &c.rbuf[c.rpos..];
-                let Ok(Some((h, n))) = decode_header(avail) else { break };
-                let len = h.payload_len as usize;
-                if avail.len() < n + len {
+        }
+    }
+
+    /// Echo: every message that comes back is timed and sent again, all in one write.
+    fn drive_echo(&mut self, i: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        let (measuring, latencies) = (self.meter.measuring, &mut self.report.latencies_us);
+        let taken = c.inbox.take_frames(|_| {
+            if let Some(t) = c.sent.pop_front() {
+                if measuring {
+                    latencies.push(micros(now - t));
+                }
+            }
+        });
+        if self.traffic {
+            for _ in 0..taken.messages {
+                c.out.extend_from_slice(&self.frame.bytes);
+                c.sent.push_back(now);
+            }
+        }
+        self.settle(i, &taken);
+    }
+
+    /// Relay: every delivery is timed from the stamp in its payload and counted
+    /// against its message; [`Bench::refill_relay`] sends more.
+    fn drive_relay(&mut self, i: usize, now: Instant) {
+        let c = &mut self.conns[i];
+        let (measuring, latencies, relay) = (self.meter.measuring, &mut self.report.latencies_us, &mut self.relay);
+        let taken = c.inbox.take_frames(|payload| {
+            let Some(stamp) = payload.get(..16) else { return };
+            let nanos = u64::from_le_bytes(stamp[..8].try_into().expect("8 bytes"));
+            let seq = u64::from_le_bytes(stamp[8..].try_into().expect("8 bytes"));
+            if measuring {
+                latencies.push(micros(now.saturating_duration_since(relay.epoch + Duration::from_nanos(nanos))));
+            }
+            if let Some(d) = relay.deliveries.get_mut(&seq) {
+                *d += 1;
+            }
+        });
+        self.settle(i, &taken);
+    }
+
+    /// Idle: whatever the server sends is only delimited.
+    fn drive_idle(&mut self, i: usize) {
+        let taken = self.conns[i].inbox.take_frames(|_| {});
+        self.settle(i, &taken);
+    }
+
+    /// Counts what a connection received, then writes its output or ends it.
+    fn settle(&mut self, i: usize, taken: &Taken) {
+        if self.meter.measuring {
+            self.report.messages += taken.messages;
+            self.report.bytes += taken.bytes;
+        }
+        if taken.closed {
+            self.kill(i);
+        } else {
+            self.flush(i);
+        }
+    }
+
+    /// Relay senders: a message delivered to every other client leaves its sender's
+    /// window, and a new one takes its place.
+    fn refill_relay(&mut self) {
+        for s in 0..self.relay.window.len() {
+            let relay = &mut self.relay;
+            let mut freed = 0;
+            while let Some(&seq) = relay.window[s].front() {
+                if relay.deliveries.get(&seq).copied().unwrap_or(relay.recipients) < relay.recipients {
                     break;
                 }
-                match h.opcode {
-                    OpCode::Text | OpCode::Binary | OpCode::Continuation if h.fin => {
-                        got += 1;
-                        if measuring {
-                            report.bytes += len as u64;
-                        }
-                        match p.mode {
-                            Mode::Echo => {
-                                if let Some(t) = c.sent.pop_front() {
-                                    if measuring {
-                                        report.latencies_us.push((now - t).as_micros().min(u128::from(u32::MAX)) as u32);
-                                    }
-                                }
-                            }
-                            Mode::Relay if len >= 16 => {
-                                let pl = &avail[n..n + 16];
-                                let ts = u64::from_le_bytes(pl[..8].try_into().expect("8 bytes"));
-                                let seq = u64::from_le_bytes(pl[8..16].try_into().expect("8 bytes"));
-                                if measuring {
-                                    let sent = epoch + Duration::from_nanos(ts);
-                                    report.latencies_us.push((now - sent).as_micros().min(u128::from(u32::MAX)) as u32);
-                                }
-                                if let Some(d) = deliveries_per_msg.get_mut(&seq) {
-                                    *d += 1;
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    OpCode::Close => {
-                        kill(c, &mut open, &mut dead, &mut report);
-                        break;
-                    }
-                    _ => {}
-                }
-                c.rpos += n + len;
+                relay.deliveries.remove(&seq);
+                relay.window[s].pop_front();
+                freed += 1;
             }
-            if c.phase == Phase::Dead {
-                continue;
-            }
-            if c.rpos == c.rbuf.len() {
-                c.rbuf.clear();
-                c.rpos = 0;
-            } else if c.rpos > 64 * 1024 {
-                c.rbuf.drain(..c.rpos);
-                c.rpos = 0;
-            }
-            if measuring {
-                report.messages += got;
-            }
-            if p.mode == Mode::Echo && run_end.is_some() {
-                for _ in 0..got {
-                    c.queue(&frame);
-                    c.sent.push_back(now);
-                }
-            }
-            if !c.flush() {
-                kill(c, &mut open, &mut dead, &mut report);
-            }
-        }
-        // Relay senders: refill windows with messages delivered everywhere.
-        if p.mode == Mode::Relay && run_end.is_some() {
-            for s in 0..p.senders.min(conns.len()) {
-                let mut freed = 0;
-                while let Some(&seq) = relay_window[s].front() {
-                    if deliveries_per_msg.get(&seq).copied().unwrap_or(recipients) >= recipients {
-                        deliveries_per_msg.remove(&seq);
-                        relay_window[s].pop_front();
-                        freed += 1;
-                    } else {
-                        break;
-                    }
-                }
-                let c = &mut conns[s];
-                if c.phase != Phase::Open || freed == 0 {
-                    continue;
-                }
-                for _ in 0..freed {
-                    relay_seq += 1;
-                    queue_stamped(c, &frame, frame_payload_offset, epoch, relay_seq);
-                    relay_window[s].push_back(relay_seq);
-                    deliveries_per_msg.insert(relay_seq, 0);
-                }
-                if !c.flush() {
-                    kill(c, &mut open, &mut dead, &mut report);
-                }
-            }
-        }
-        // Keep WRITABLE interest only where output is pending.
-        for (i, c) in conns.iter_mut().enumerate() {
-            let pending = c.out_pos < c.out.len() || c.phase == Phase::Connecting;
-            if pending != c.want_write && c.phase != Phase::Dead {
-                let interest = if pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-                let _ = poll.registry().reregister(&mut c.stream, Token(i), interest);
-                c.want_write = pending;
+            if freed > 0 && matches!(self.conns[s].phase, Phase::Open) {
+                self.send_relay(s, freed);
+                self.flush(s);
+                self.sync_interest(s);
             }
         }
     }
-    report.elapsed = if measuring { Instant::now() - measure_start } else { Duration::ZERO };
-    if let (Some(pid), Some(start)) = (p.server_pid, cpu_at_start) {
-        report.server_cpu = process_cpu(pid).map(|end| end.saturating_sub(start));
-    }
-    report.open = open;
-    // Close politely: a close frame each, then drop.
-    let mut close = Vec::new();
-    encode_frame(&mut close, true, OpCode::Close, Some(KEY), &[0x03, 0xe8]);
-    for c in &mut conns {
-        if c.phase == Phase::Open {
-            c.queue(&close);
-            let _ = c.flush();
-        }
-    }
-    Ok(report)
-}
 
-fn kill(c: &mut Conn, open: &mut usize, dead: &mut usize, report: &mut Report) {
-    if c.phase == Phase::Open {
-        *open -= 1;
+    /// Queues `count` stamped messages on relay sender `s`.
+    fn send_relay(&mut self, s: usize, count: usize) {
+        let relay = &mut self.relay;
+        let out = &mut self.conns[s].out;
+        for _ in 0..count {
+            relay.seq += 1;
+            self.frame.push_stamped(out, relay.epoch.elapsed().as_nanos() as u64, relay.seq);
+            relay.window[s].push_back(relay.seq);
+            relay.deliveries.insert(relay.seq, 0);
+        }
     }
-    if c.phase != Phase::Dead {
-        *dead += 1;
-        report.errors += 1;
-    }
-    c.phase = Phase::Dead;
-}
 
-/// Queues `frame` with its first 16 payload bytes set to (send time, sequence number).
-fn queue_stamped(c: &mut Conn, frame: &[u8], payload_at: usize, epoch: Instant, seq: u64) {
-    let start = c.out.len();
-    c.out.extend_from_slice(frame);
-    let ts = epoch.elapsed().as_nanos() as u64;
-    let mut stamp = [0u8; 16];
-    stamp[..8].copy_from_slice(&ts.to_le_bytes());
-    stamp[8..].copy_from_slice(&seq.to_le_bytes());
-    let n = stamp.len().min(frame.len() - payload_at);
-    for (k, b) in stamp[..n].iter().enumerate() {
-        // The payload is masked from its first byte with KEY.
-        c.out[start + payload_at + k] = b ^ KEY[k & 3];
+    /// Writes what connection `i` has queued; it dies if the socket failed.
+    fn flush(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        if matches!(c.phase, Phase::Open | Phase::Handshake(_)) && !c.flush() {
+            self.kill(i);
+        }
+    }
+
+    /// A connection that could not open: counted as an error, with the reason kept.
+    fn fail(&mut self, i: usize, why: impl Into<String>) {
+        if !matches!(self.conns[i].phase, Phase::Dead) {
+            self.first_failure.get_or_insert_with(|| why.into());
+        }
+        self.kill(i);
+    }
+
+    /// Ends connection `i` (once), counting an error.
+    fn kill(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        match c.phase {
+            Phase::Dead => return,
+            Phase::Open => self.open -= 1,
+            Phase::Connecting(_) | Phase::Handshake(_) => {
+                self.failed += 1;
+                self.first_failure.get_or_insert_with(|| "the connection was lost during the handshake".to_owned());
+            }
+        }
+        c.phase = Phase::Dead;
+        self.dead += 1;
+        self.report.errors += 1;
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        let _ = c.stream.shutdown(Shutdown::Both);
+        c.out = Vec::new();
+        c.inbox = Inbox::default();
+    }
+
+    /// Keeps WRITABLE interest only while output is pending (or connecting).
+    fn sync_interest(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        let pending = match c.phase {
+            Phase::Dead => return,
+            Phase::Connecting(_) => true,
+            _ => c.out_pos < c.out.len(),
+        };
+        if pending != c.want_write {
+            let interest = if pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+            let _ = self.poll.registry().reregister(&mut c.stream, Token(i), interest);
+            c.want_write = pending;
+        }
     }
 }

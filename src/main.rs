@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 mod loadgen;
 use log::{error, info};
@@ -69,42 +69,8 @@ enum Command {
     },
     /// Load generator: echo throughput and round trips, relay fan-out, idle connections.
     Bench {
-        /// What to measure.
-        #[arg(value_enum)]
-        mode: BenchMode,
-        /// Server URL.
-        #[arg(long, default_value = "ws://127.0.0.1:9002/")]
-        url: String,
-        /// Connections (relay: clients in the room; idle: connections to hold).
-        #[arg(long, short = 'c', default_value_t = 64)]
-        connections: usize,
-        /// Messages in flight per connection (relay: per sender).
-        #[arg(long, short = 'n', default_value_t = 16)]
-        in_flight: usize,
-        /// Payload bytes per message (relay: at least 16, for the timestamp).
-        #[arg(long, short = 's', default_value_t = 16)]
-        size: usize,
-        /// Relay: how many of the clients send.
-        #[arg(long, default_value_t = 1)]
-        senders: usize,
-        /// Seconds to measure (idle: to hold the connections).
-        #[arg(long, short = 'd', default_value_t = 5.0)]
-        duration: f64,
-        /// Seconds of traffic before measuring.
-        #[arg(long, default_value_t = 1.0)]
-        warmup: f64,
-        /// Send binary messages (default text; relay always sends binary).
-        #[arg(long)]
-        binary: bool,
-        /// No progress lines, only the summary.
-        #[arg(long, short = 'q')]
-        quiet: bool,
-        /// Process id of the server (same machine): report its CPU time and memory.
-        #[arg(long)]
-        server_pid: Option<u32>,
-        /// Offer permessage-deflate and send compressed messages (echo, idle).
-        #[arg(long)]
-        deflate: bool,
+        #[command(flatten)]
+        params: loadgen::Params,
     },
     /// Runs the Autobahn|Testsuite client cases against a `wstest -m fuzzingserver`.
     #[command(hide = true)]
@@ -119,16 +85,6 @@ enum Command {
         #[arg(long)]
         deflate: bool,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BenchMode {
-    /// Each connection keeps N messages in flight to an echo server.
-    Echo,
-    /// N clients in one relay room, S of them sending.
-    Relay,
-    /// Open N connections and hold them.
-    Idle,
 }
 
 #[derive(Args)]
@@ -230,36 +186,20 @@ fn main() -> ExitCode {
             run_client(&url, opts, binary, ping_interval.map(Duration::from_secs))
         }
         Command::AutobahnClient { url, agent, deflate } => autobahn_client(&url, &agent, deflate),
-        Command::Bench { mode, url, connections, in_flight, size, senders, duration, warmup, binary, quiet, server_pid, deflate } => {
-            let params = loadgen::Params {
-                mode: match mode {
-                    BenchMode::Echo => loadgen::Mode::Echo,
-                    BenchMode::Relay => loadgen::Mode::Relay,
-                    BenchMode::Idle => loadgen::Mode::Idle,
-                },
-                url,
-                connections,
-                in_flight: in_flight.max(1),
-                size: if matches!(mode, BenchMode::Relay) { size.max(16) } else { size },
-                senders: senders.min(connections).max(1),
-                duration: Duration::from_secs_f64(duration),
-                warmup: Duration::from_secs_f64(if matches!(mode, BenchMode::Idle) { 0.0 } else { warmup }),
-                // Relay payloads carry a binary timestamp.
-                kind: if binary || matches!(mode, BenchMode::Relay) { MessageKind::Binary } else { MessageKind::Text },
-                quiet,
-                server_pid,
-                deflate,
-            };
-            match loadgen::run(&params) {
-                Ok(mut report) => {
-                    report.print(&params);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Bench { params } => bench(params.resolved()),
+    }
+}
+
+/// `rfc6455 bench`: runs the load and prints the report.
+fn bench(params: loadgen::Params) -> ExitCode {
+    match loadgen::run(&params) {
+        Ok(mut report) => {
+            report.print(&params);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -6,8 +6,8 @@
 //! negotiated, every method is unreachable, and the state machine carries no `cfg`.
 
 use crate::proto::config::Config;
-use crate::proto::error::{HandshakeError, ProtocolError};
-use crate::proto::handshake::Request;
+use crate::proto::error::ProtocolError;
+use crate::proto::handshake::{ClientHandshake, ClientHandshakeDone, Request};
 
 #[cfg(feature = "deflate")]
 use crate::proto::deflate::{self, DeflateParams, InflateError, Session};
@@ -37,18 +37,18 @@ impl Compression {
         Some(Box::new(Self(Session::new(params, cfg, true))))
     }
 
-    /// Client: what to offer in `Sec-WebSocket-Extensions`, if deflate is on.
-    pub(crate) fn client_offer(config: &Config) -> Option<String> {
-        config.deflate.as_ref().map(deflate::client_offer)
+    /// Client: adds the permessage-deflate offer to the handshake, if deflate is on.
+    pub(crate) fn offer(config: &Config, hs: ClientHandshake) -> ClientHandshake {
+        match &config.deflate {
+            Some(cfg) => hs.offer_deflate(cfg),
+            None => hs,
+        }
     }
 
-    /// Client: checks an extension the server's response names; only our offer is allowed (§4.1).
-    pub(crate) fn accept_response(config: &Config, value: &str) -> Result<Box<Self>, HandshakeError> {
-        let Some(cfg) = config.deflate.as_ref() else {
-            return Err(HandshakeError::UnexpectedExtension(value.to_owned()));
-        };
-        let params = deflate::accept_response(value, cfg)?;
-        Ok(Box::new(Self(Session::new(params, cfg, false))))
+    /// Client: what the server's response agreed to (checked by the handshake).
+    pub(crate) fn from_response(config: &Config, done: &ClientHandshakeDone) -> Option<Box<Self>> {
+        let (cfg, params) = (config.deflate.as_ref()?, done.deflate?);
+        Some(Box::new(Self(Session::new(params, cfg, false))))
     }
 
     /// The server's `Sec-WebSocket-Extensions` answer.
@@ -123,12 +123,12 @@ impl Compression {
         None
     }
 
-    pub(crate) fn client_offer(_config: &Config) -> Option<String> {
-        None
+    pub(crate) fn offer(_config: &Config, hs: ClientHandshake) -> ClientHandshake {
+        hs
     }
 
-    pub(crate) fn accept_response(_config: &Config, value: &str) -> Result<Box<Self>, HandshakeError> {
-        Err(HandshakeError::UnexpectedExtension(value.to_owned()))
+    pub(crate) fn from_response(_config: &Config, _done: &ClientHandshakeDone) -> Option<Box<Self>> {
+        None
     }
 
     pub(crate) fn response_header(&self) -> String {

@@ -59,7 +59,7 @@ use crate::proto::config::Config;
 use crate::proto::deflate::DeflateParams;
 use crate::proto::error::{HandshakeError, ProtocolError, UsageError};
 use crate::proto::frame::{MAX_HEADER_LEN, MessageKind, OpCode, RSV1, encode_frame, encode_frame_rsv, encode_header};
-use crate::proto::handshake::{self, Accept, ClientRequest, HeadReader, Reject, Request, Response};
+use crate::proto::handshake::{self, Accept, ClientHandshake, ClientRequest, HeadReader, Reject, Request, Response};
 use crate::proto::mask::{MaskGenerator, RandomMaskGenerator, apply_mask};
 use crate::proto::message::{Inbound, MessageReader, Received};
 use crate::proto::output::OutQueue;
@@ -79,14 +79,6 @@ enum Queued {
     Event(Event),
     /// The deferred close frame (see the module docs).
     WriteClose,
-}
-
-/// What a client checks the response against.
-#[derive(Debug)]
-struct ClientHandshake {
-    expected_accept: String,
-    offered: Vec<String>,
-    head: HeadReader,
 }
 
 #[derive(Debug)]
@@ -223,11 +215,10 @@ impl Connection {
         for chunk in key.chunks_exact_mut(4) {
             chunk.copy_from_slice(&masks.next_key());
         }
-        let mut expected_accept = String::new();
+        let hs = ClientHandshake::new(request, key).limits(config.max_handshake_size, config.max_headers);
+        let hs = Compression::offer(&config, hs);
         let mut out = OutQueue::default();
-        let offer = Compression::client_offer(&config);
-        out.write_with(|b| expected_accept = request.write(b, key, offer.as_deref()));
-        let hs = ClientHandshake { expected_accept, offered: request.subprotocols.clone(), head: HeadReader::default() };
+        out.write_with(|b| hs.write_request(b));
         let mut conn = Self::new(Role::Client, config, Phase::ReadResponse(Box::new(hs)), Some(masks), now);
         conn.out = out;
         conn
@@ -621,7 +612,7 @@ impl Connection {
         let phase = match &self.phase {
             Phase::ReadRequest(head) => head.capacity(),
             Phase::AwaitAccept { early, .. } => early.capacity(),
-            Phase::ReadResponse(hs) => hs.head.capacity(),
+            Phase::ReadResponse(hs) => hs.buffered_bytes(),
             _ => 0,
         };
         let z = self.compression.as_ref().map_or(0, |z| z.footprint());
@@ -743,26 +734,14 @@ impl Connection {
 
     fn read_response(&mut self, now: Instant, data: &[u8]) {
         let Phase::ReadResponse(hs) = &mut self.phase else { return };
-        let rest = match hs.head.push(data, self.config.max_handshake_size) {
-            Ok(None) => return,
-            Ok(Some(rest)) => rest,
-            Err(e) => return self.fail_handshake(e),
-        };
-        // Any extension in the response must be one we offered (§4.1).
-        let mut compression = None;
-        let config = &self.config;
-        let mut check_ext = |value: &str| -> Result<(), HandshakeError> {
-            compression = Some(Compression::accept_response(config, value)?);
-            Ok(())
-        };
-        let parsed = handshake::parse_response(hs.head.head(), config.max_headers, &hs.expected_accept, &hs.offered, &mut check_ext);
-        match parsed {
-            Ok(resp) => {
-                self.compression = compression;
-                self.subprotocol = resp.subprotocol.clone();
-                self.response = Some(Box::new(resp));
+        match hs.push(data) {
+            Ok(None) => {}
+            Ok(Some(done)) => {
+                self.compression = Compression::from_response(&self.config, &done);
+                self.subprotocol = done.response.subprotocol.clone();
+                self.response = Some(Box::new(done.response));
                 self.open(now);
-                self.read_frames(now, rest);
+                self.read_frames(now, &data[data.len() - done.rest..]);
             }
             Err(e) => self.fail_handshake(e),
         }

@@ -6,6 +6,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
 
+#[cfg(feature = "deflate")]
+use crate::proto::deflate::{DeflateConfig, DeflateParams};
 use crate::proto::error::{HandshakeError, UsageError};
 
 /// The GUID appended to the key (§1.3).
@@ -565,6 +567,166 @@ pub(crate) fn parse_response(
     Ok(Response { status, headers, subprotocol })
 }
 
+/// The client side of the opening handshake (§4.1) without I/O, for any driver: it
+/// writes the request, then reads the server's response in pieces of any size and
+/// checks it (status 101, `Upgrade`, `Connection`, `Sec-WebSocket-Accept` against our
+/// key, the subprotocol and the extensions).
+///
+/// ```
+/// use rfc6455::ClientRequest;
+/// use rfc6455::proto::handshake::ClientHandshake;
+///
+/// let req = ClientRequest::new("ws://server.example.com/chat").unwrap();
+/// // The RFC 6455 §1.3 sample key; use `with_random_key` for real connections.
+/// let mut hs = ClientHandshake::new(&req, *b"the sample nonce");
+/// let mut out = Vec::new();
+/// hs.write_request(&mut out);
+/// assert!(out.starts_with(b"GET /chat HTTP/1.1\r\n"));
+/// // ... write `out` to the socket, then feed what comes back:
+/// let input = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+///               Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x02hi";
+/// let done = hs.push(input).unwrap().expect("a complete head");
+/// assert_eq!(done.response.status, 101);
+/// // The bytes behind the head are the first frames.
+/// assert_eq!(&input[input.len() - done.rest..], b"\x81\x02hi");
+/// ```
+#[derive(Debug)]
+pub struct ClientHandshake {
+    request: ClientRequest,
+    key: [u8; 16],
+    expected_accept: String,
+    #[cfg(feature = "deflate")]
+    deflate: Option<DeflateConfig>,
+    head: HeadReader,
+    max_head: usize,
+    max_headers: usize,
+    finished: bool,
+}
+
+/// A completed client handshake: what [`ClientHandshake::push`] returns once the
+/// server's response is complete and valid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientHandshakeDone {
+    /// The server's 101 response.
+    pub response: Response,
+    /// The permessage-deflate parameters agreed, `None` when the server declined the
+    /// offer (or none was made).
+    #[cfg(feature = "deflate")]
+    pub deflate: Option<DeflateParams>,
+    /// How many bytes at the end of the last input followed the head: the first
+    /// frames, to be handed to the frame reader.
+    pub rest: usize,
+}
+
+impl ClientHandshake {
+    /// A handshake for `request` with `key`, the 16 bytes whose base64 form is sent
+    /// as `Sec-WebSocket-Key`. They must be random for each connection (§4.1); this
+    /// constructor is for tests and drivers that bring their own randomness.
+    pub fn new(request: &ClientRequest, key: [u8; 16]) -> Self {
+        let expected_accept = accept_key(BASE64.encode(key).as_bytes());
+        let defaults = crate::proto::config::Config::default();
+        Self {
+            request: request.clone(),
+            key,
+            expected_accept,
+            #[cfg(feature = "deflate")]
+            deflate: None,
+            head: HeadReader::default(),
+            max_head: defaults.max_handshake_size,
+            max_headers: defaults.max_headers,
+            finished: false,
+        }
+    }
+
+    /// A handshake with a fresh key drawn from `rand`'s thread-local CSPRNG (seeded
+    /// from the operating system).
+    pub fn with_random_key(request: &ClientRequest) -> Self {
+        let mut key = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut key);
+        Self::new(request, key)
+    }
+
+    /// Offers permessage-deflate with `cfg` (RFC 7692); the server's answer is
+    /// checked against it and the agreed parameters come back in
+    /// [`ClientHandshakeDone::deflate`]. Call before [`ClientHandshake::write_request`].
+    #[cfg(feature = "deflate")]
+    pub fn offer_deflate(mut self, cfg: &DeflateConfig) -> Self {
+        self.deflate = Some(cfg.clone());
+        self
+    }
+
+    /// Bytes held while reading the response head.
+    pub(crate) fn buffered_bytes(&self) -> usize {
+        self.head.capacity()
+    }
+
+    /// Sets the largest response head (bytes) and the most header lines accepted;
+    /// the defaults are those of [`crate::Config`].
+    pub fn limits(mut self, max_handshake_size: usize, max_headers: usize) -> Self {
+        self.max_head = max_handshake_size;
+        self.max_headers = max_headers;
+        self
+    }
+
+    /// Appends the request head to `out`.
+    pub fn write_request(&self, out: &mut Vec<u8>) {
+        #[cfg(feature = "deflate")]
+        let offer = self.deflate.as_ref().map(crate::proto::deflate::client_offer);
+        #[cfg(not(feature = "deflate"))]
+        let offer: Option<String> = None;
+        let accept = self.request.write(out, self.key, offer.as_deref());
+        debug_assert_eq!(accept, self.expected_accept);
+    }
+
+    /// The `Sec-WebSocket-Accept` value the server must answer with.
+    pub fn expected_accept(&self) -> &str {
+        &self.expected_accept
+    }
+
+    /// Takes the next bytes of the response. Returns `Ok(None)` while the head is
+    /// incomplete, then the checked response once, with [`ClientHandshakeDone::rest`]
+    /// counting the bytes of `data` behind the head. Bytes after completion or after
+    /// an error are refused with [`HandshakeError::Malformed`].
+    pub fn push(&mut self, data: &[u8]) -> Result<Option<ClientHandshakeDone>, HandshakeError> {
+        if self.finished {
+            return Err(HandshakeError::Malformed("handshake already finished"));
+        }
+        let rest = match self.head.push(data, self.max_head) {
+            Ok(None) => return Ok(None),
+            Ok(Some(rest)) => rest.len(),
+            Err(e) => {
+                self.finish();
+                return Err(e);
+            }
+        };
+        #[cfg(feature = "deflate")]
+        let mut negotiated: Option<DeflateParams> = None;
+        // Any extension in the response must be one we offered (§4.1).
+        let mut check_ext = |value: &str| -> Result<(), HandshakeError> {
+            #[cfg(feature = "deflate")]
+            if let Some(cfg) = &self.deflate {
+                negotiated = Some(crate::proto::deflate::accept_response(value, cfg)?);
+                return Ok(());
+            }
+            Err(HandshakeError::UnexpectedExtension(value.to_owned()))
+        };
+        let parsed = parse_response(self.head.head(), self.max_headers, &self.expected_accept, &self.request.subprotocols, &mut check_ext);
+        self.finish();
+        Ok(Some(ClientHandshakeDone {
+            response: parsed?,
+            #[cfg(feature = "deflate")]
+            deflate: negotiated,
+            rest,
+        }))
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        self.head = HeadReader::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,5 +801,146 @@ mod tests {
         assert!(r.clone().subprotocol("a,b").is_err());
         assert!(r.clone().origin("http://o\n").is_err());
         assert!(r.header("X-Ok", "fine value").is_ok());
+    }
+
+    /// A 101 response head for the accept value `accept`, with `extra` header lines.
+    fn response_head(accept: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn sample_handshake() -> ClientHandshake {
+        ClientHandshake::new(&ClientRequest::new("ws://server.example.com/chat").unwrap(), *b"the sample nonce")
+    }
+
+    #[test]
+    fn client_handshake_rfc_1_3_sample_key() {
+        let hs = sample_handshake();
+        assert_eq!(hs.expected_accept(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let mut out = Vec::new();
+        hs.write_request(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("GET /chat HTTP/1.1\r\nHost: server.example.com\r\n"), "{text}");
+        assert!(text.contains("\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"));
+        // The server side computes the same accept from what we sent.
+        let req = parse_request(text.as_bytes(), 64).unwrap();
+        assert_eq!(accept_key(&req.key), hs.expected_accept());
+    }
+
+    #[test]
+    fn client_handshake_rejects_a_wrong_accept() {
+        let mut hs = sample_handshake();
+        // The accept of another key.
+        let wrong = accept_key(b"AAAAAAAAAAAAAAAAAAAAAA==");
+        assert_eq!(hs.push(&response_head(&wrong, "")), Err(HandshakeError::BadAccept));
+        // Missing, or sent twice, is as bad.
+        let mut hs = sample_handshake();
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(hs.push(head), Err(HandshakeError::BadAccept));
+        let mut hs = sample_handshake();
+        let twice = response_head("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n");
+        assert_eq!(hs.push(&twice), Err(HandshakeError::BadAccept));
+        // Nothing more is taken after a failure.
+        assert!(hs.push(b"\x81\x00").is_err());
+    }
+
+    #[test]
+    fn client_handshake_reports_status_and_unoffered_extensions() {
+        let mut hs = sample_handshake();
+        let err = hs.push(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").unwrap_err();
+        assert!(matches!(err, HandshakeError::Status { status: 403, .. }), "{err:?}");
+        let mut hs = sample_handshake();
+        let head = response_head("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "Sec-WebSocket-Extensions: permessage-deflate\r\n");
+        assert!(matches!(hs.push(&head), Err(HandshakeError::UnexpectedExtension(_))));
+        let mut hs = sample_handshake();
+        let head = response_head("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "Sec-WebSocket-Protocol: chat\r\n");
+        assert!(matches!(hs.push(&head), Err(HandshakeError::UnexpectedSubprotocol(_))));
+    }
+
+    #[test]
+    fn client_handshake_byte_by_byte_matches_one_piece() {
+        let head = response_head("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "X-Server: test\r\n");
+        let whole = sample_handshake().push(&head).unwrap().unwrap();
+        assert_eq!((whole.response.status, whole.rest), (101, 0));
+        assert_eq!(whole.response.header("x-server"), Some(&b"test"[..]));
+        let mut hs = sample_handshake();
+        for (i, b) in head.iter().enumerate() {
+            let got = hs.push(std::slice::from_ref(b)).unwrap();
+            if i + 1 < head.len() {
+                assert_eq!(got, None, "byte {i}");
+            } else {
+                assert_eq!(got.as_ref(), Some(&whole));
+            }
+        }
+        // A wrong accept is found whatever the split.
+        let bad = response_head(&accept_key(b"AAAAAAAAAAAAAAAAAAAAAA=="), "");
+        let mut hs = sample_handshake();
+        let last = bad.iter().map(|b| hs.push(std::slice::from_ref(b))).find(|r| r != &Ok(None));
+        assert_eq!(last, Some(Err(HandshakeError::BadAccept)));
+    }
+
+    #[test]
+    fn client_handshake_counts_the_frames_behind_the_head() {
+        let frames = b"\x81\x05Hello\x89\x00";
+        let mut input = response_head("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "");
+        input.extend_from_slice(frames);
+        for split in 0..input.len() {
+            let mut hs = sample_handshake();
+            let (first, second) = input.split_at(split);
+            let after = match hs.push(first).unwrap() {
+                // Complete in the first piece: its tail, then all of the second.
+                Some(done) => [&first[first.len() - done.rest..], second].concat(),
+                None => {
+                    let done = hs.push(second).unwrap().expect("complete");
+                    second[second.len() - done.rest..].to_vec()
+                }
+            };
+            assert_eq!(after, frames, "split {split}");
+        }
+    }
+
+    #[test]
+    fn client_handshake_random_keys_differ() {
+        let req = ClientRequest::new("ws://h/").unwrap();
+        let (a, b) = (ClientHandshake::with_random_key(&req), ClientHandshake::with_random_key(&req));
+        assert_ne!(a.expected_accept(), b.expected_accept());
+    }
+
+    #[test]
+    fn client_handshake_head_limit() {
+        let mut hs = sample_handshake().limits(64, 8);
+        assert_eq!(hs.push(&[b'a'; 100]), Err(HandshakeError::HeadTooLarge));
+    }
+
+    #[cfg(feature = "deflate")]
+    #[test]
+    fn client_handshake_negotiates_deflate() {
+        let cfg = DeflateConfig { client_no_context_takeover: true, ..DeflateConfig::default() };
+        let hs = sample_handshake().offer_deflate(&cfg);
+        let mut out = Vec::new();
+        hs.write_request(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover"), "{text}");
+        let mut hs = hs;
+        let head = response_head(
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+            "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover; client_max_window_bits=10\r\n",
+        );
+        let done = hs.push(&head).unwrap().unwrap();
+        let params = done.deflate.expect("negotiated");
+        assert!(params.client_no_context_takeover);
+        assert_eq!((params.client_max_window_bits, params.server_max_window_bits), (10, 15));
+        // A server that ignores the offer: no parameters, no error.
+        let mut hs = sample_handshake().offer_deflate(&cfg);
+        let done = hs.push(&response_head("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "")).unwrap().unwrap();
+        assert_eq!(done.deflate, None);
+        // An answer that breaks the offer fails the handshake.
+        let mut hs = sample_handshake().offer_deflate(&cfg);
+        let head =
+            response_head("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=8\r\n");
+        assert!(matches!(hs.push(&head), Err(HandshakeError::UnexpectedExtension(_))));
     }
 }
