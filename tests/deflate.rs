@@ -10,7 +10,7 @@ use common::*;
 use rfc6455::net::{Client, ClientOptions, Relay, ServerConfig};
 use rfc6455::proto::deflate::{DeflateConfig, Deflater};
 use rfc6455::proto::frame::{OpCode, decode_header, encode_frame_rsv};
-use rfc6455::{ClientRequest, CloseCode, Config, Event, ProtocolError};
+use rfc6455::{ClientRequest, CloseCode, Config, Event, MessageKind, ProtocolError, SharedFrame, UsageError};
 
 fn deflate_cfg(d: DeflateConfig) -> Config {
     Config { deflate: Some(d), ..Config::default() }
@@ -263,4 +263,43 @@ fn the_relay_compresses_once_for_all_recipients() {
     assert_eq!((f1[0] >> 4) & 0b100, 0b100, "compressed");
     assert!(f1.len() < text.len() / 5);
     drop((sender, r1, r2));
+}
+
+/// Regression: `send_shared` queued an RSV1 frame to a connection that never
+/// negotiated permessage-deflate (a protocol violation on the wire, 1002 at the peer).
+/// A compressed shared frame now goes only where it can be inflated; elsewhere it is
+/// the caller's error and nothing is queued.
+#[test]
+fn a_compressed_shared_frame_goes_only_where_it_can_be_inflated() {
+    let mut compressed = Vec::new();
+    Deflater::new(6, 15, true).compress(b"hello hello hello", &mut compressed);
+    let frame = SharedFrame::new_compressed(MessageKind::Text, &compressed, 15);
+    let plain = SharedFrame::new(MessageKind::Text, b"hello");
+
+    // Not negotiated (the client offered nothing).
+    let (mut s, _) = open_server(deflate_cfg(DeflateConfig::default()));
+    assert_eq!(s.send_shared(&frame), Err(UsageError::CompressionMismatch));
+    assert_eq!(s.bytes_to_write(), 0, "nothing queued");
+    assert_eq!(s.send_shared(&plain), Ok(()));
+
+    // Negotiated with context takeover: a frame compressed alone would not decode in
+    // the client's running context, so it is refused too.
+    let mut p = Pair::open(deflate_cfg(DeflateConfig::default()), deflate_cfg(DeflateConfig::default()));
+    assert!(!p.server.deflate_params().unwrap().server_no_context_takeover);
+    assert_eq!(p.server.send_shared(&frame), Err(UsageError::CompressionMismatch));
+
+    // Negotiated without server context takeover and a full window: it goes, and the
+    // client inflates it.
+    let imposed = DeflateConfig { server_no_context_takeover: true, ..DeflateConfig::default() };
+    let mut p = Pair::open(deflate_cfg(DeflateConfig::default()), deflate_cfg(imposed));
+    assert_eq!(p.server.send_shared(&frame), Ok(()));
+    p.pump();
+    assert_eq!(p.client_events, vec![Event::Text("hello hello hello".into())]);
+
+    // A smaller negotiated window cannot take a frame compressed with 15 bits.
+    let small = DeflateConfig { server_no_context_takeover: true, server_max_window_bits: 10, ..DeflateConfig::default() };
+    let offer = DeflateConfig { server_max_window_bits: 10, ..DeflateConfig::default() };
+    let mut p = Pair::open(deflate_cfg(offer), deflate_cfg(small));
+    assert_eq!(p.server.deflate_params().unwrap().server_max_window_bits, 10);
+    assert_eq!(p.server.send_shared(&frame), Err(UsageError::CompressionMismatch));
 }

@@ -277,3 +277,52 @@ fn answers_to_events_before_a_close_go_out_before_the_close_reply() {
     let frames = parse_frames(&drain_output(&mut s));
     assert_eq!(frames.iter().map(|f| f.1).collect::<Vec<_>>(), vec![OpCode::Binary, OpCode::Close]);
 }
+
+/// Regression (Autobahn 9.1.6 with the defaults): a message buffer whose capacity is
+/// not a power of two (a buffer handed back by the application or a pool) doubled
+/// past the message limit, so a 16 MiB message pinned 32 MiB. Growth now stops at the
+/// limit, whatever the starting capacity and however the bytes arrive.
+#[test]
+fn a_message_at_the_limit_never_reserves_past_it() {
+    let limit = 1 << 20;
+    for start in [0usize, 3000, 100_000, 700_001] {
+        for kind in [OpCode::Text, OpCode::Binary] {
+            let cfg = Config { max_message_size: limit, max_frame_size: limit, ..Config::default() };
+            let (mut s, now) = open_server(cfg);
+            if start > 0 {
+                s.recycle(Vec::with_capacity(start));
+            }
+            // What the connection pins besides message buffers (its output buffer).
+            let base = s.buffered_bytes() - start;
+            let frame = client_frame(true, kind, &vec![b'a'; limit]);
+            let mut peak = 0;
+            for piece in frame.chunks(65_536) {
+                s.handle_bytes(now, piece);
+                peak = peak.max(s.buffered_bytes() - base);
+            }
+            let got = events(&mut s);
+            assert!(matches!(&got[..], [Event::Text(t)] if t.len() == limit) || matches!(&got[..], [Event::Binary(b)] if b.len() == limit));
+            assert!(peak <= limit + start, "start {start}: pinned {peak} for a message of {limit}");
+        }
+    }
+}
+
+/// The same bound for a message spread over many small fragments, which must also not
+/// cost quadratic copying (growth still doubles up to the limit).
+#[test]
+fn many_fragments_grow_the_buffer_geometrically_up_to_the_limit() {
+    let limit = 1 << 20;
+    let cfg = Config { max_message_size: limit, max_frame_size: limit, ..Config::default() };
+    let (mut s, now) = open_server(cfg);
+    let base = s.buffered_bytes();
+    let piece = vec![b'b'; 1000];
+    let n = limit / piece.len();
+    let mut peak = 0;
+    for i in 0..n {
+        let op = if i == 0 { OpCode::Binary } else { OpCode::Continuation };
+        s.handle_bytes(now, &client_frame(i == n - 1, op, &piece));
+        peak = peak.max(s.buffered_bytes() - base);
+    }
+    assert!(matches!(&events(&mut s)[..], [Event::Binary(b)] if b.len() == n * piece.len()));
+    assert!(peak <= limit, "pinned {peak}");
+}

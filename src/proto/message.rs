@@ -494,3 +494,60 @@ impl MessageReader {
         self.ctrl = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_in_pieces(s: &str, at: usize) -> MessageBuffer {
+        let mut b = MessageBuffer::default();
+        b.begin(true);
+        let (x, y) = s.as_bytes().split_at(at);
+        b.append_unmasked(x, None, 0, 1 << 20).unwrap();
+        b.append_unmasked(y, None, 0, 1 << 20).unwrap();
+        b
+    }
+
+    #[test]
+    fn the_fast_conversion_equals_the_checked_one() {
+        for s in ["", "ascii", "κόσμε", "𝄞 and € and \u{10FFFF}"] {
+            for at in 0..=s.len() {
+                let mut b = text_in_pieces(s, at);
+                b.end_text().unwrap();
+                assert_eq!(b.take_text().unwrap(), s);
+            }
+        }
+    }
+
+    /// The unchecked conversion is only reachable with this buffer's own proof: bytes
+    /// taken out mid-message, or appended after the end, fall back to the checked one,
+    /// so no caller can turn an invalid remainder into a `String`.
+    #[test]
+    fn without_the_whole_message_the_check_is_not_skipped() {
+        let s = "€uro";
+        let mut b = text_in_pieces(s, 1);
+        // Frame delivery took the first byte of '€' out; the rest alone is not UTF-8.
+        let mut b2 = MessageBuffer::default();
+        b2.begin(true);
+        b2.append_unmasked(&s.as_bytes()[..1], None, 0, 64).unwrap();
+        assert_eq!(b2.take_part(), [0xE2]);
+        b2.append_unmasked(&s.as_bytes()[1..], None, 0, 64).unwrap();
+        b2.end_text().unwrap();
+        assert_eq!(b2.take_text(), Err(ProtocolError::InvalidUtf8));
+        // Not ended: checked too (and here valid).
+        assert_eq!(b.take_text().unwrap(), s);
+        // Binary bytes never pass as text unchecked.
+        let mut b3 = MessageBuffer::default();
+        b3.begin(false);
+        b3.append_unmasked(&[0xff], None, 0, 64).unwrap();
+        assert_eq!(b3.take_text(), Err(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn invalid_text_fails_at_the_first_impossible_byte() {
+        let mut b = MessageBuffer::default();
+        b.begin(true);
+        b.append_unmasked(b"ok ", None, 0, 64).unwrap();
+        assert_eq!(b.append_unmasked(&[0xED, 0xA0], None, 0, 64), Err(ProtocolError::InvalidUtf8));
+    }
+}
