@@ -11,6 +11,11 @@
 //! fuzzer chooses the split points too.
 #![allow(dead_code)]
 
+// The in-memory helpers of the integration tests, shared rather than copied.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::drain_output;
+
 use std::time::{Duration, Instant};
 
 use rfc6455::proto::mask::{apply_mask, apply_mask_reference};
@@ -115,18 +120,6 @@ fn open_client(now: Instant) -> Connection {
     c.handle_bytes(now, resp.as_bytes());
     assert!(matches!(c.poll_event(), Some(Event::Open { .. })));
     c
-}
-
-fn drain_output(c: &mut Connection) -> Vec<u8> {
-    let mut all = Vec::new();
-    loop {
-        let chunk = c.output().to_vec();
-        if chunk.is_empty() {
-            return all;
-        }
-        c.consume_output(chunk.len());
-        all.extend_from_slice(&chunk);
-    }
 }
 
 /// Arbitrary request bytes to a server.

@@ -10,7 +10,7 @@ use crate::{Accept, Closed, MessageKind, Reject, Request, SharedFrame};
 /// The window of the relay's shared compressor (the largest; every client that
 /// agrees to no server context takeover with a full window can inflate it).
 #[cfg(feature = "deflate")]
-const SHARED_WINDOW_BITS: u8 = 15;
+const SHARED_WINDOW_BITS: u8 = crate::proto::deflate::MAX_WINDOW_BITS;
 
 /// Frames a relay keeps for reuse.
 const FRAME_POOL: usize = 16;

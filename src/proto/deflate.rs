@@ -48,8 +48,8 @@ impl Default for DeflateConfig {
             min_size: 64,
             server_no_context_takeover: false,
             client_no_context_takeover: false,
-            server_max_window_bits: 15,
-            client_max_window_bits: 15,
+            server_max_window_bits: MAX_WINDOW_BITS,
+            client_max_window_bits: MAX_WINDOW_BITS,
         }
     }
 }
@@ -70,21 +70,48 @@ pub struct DeflateParams {
 impl DeflateParams {
     /// The header value that states these parameters (the server's response).
     pub fn to_header(&self) -> String {
-        let mut s = String::from(NAME);
-        if self.server_no_context_takeover {
-            s.push_str("; server_no_context_takeover");
-        }
-        if self.client_no_context_takeover {
-            s.push_str("; client_no_context_takeover");
-        }
-        if self.server_max_window_bits < 15 {
-            s.push_str(&format!("; server_max_window_bits={}", self.server_max_window_bits));
-        }
-        if self.client_max_window_bits < 15 {
-            s.push_str(&format!("; client_max_window_bits={}", self.client_max_window_bits));
-        }
-        s
+        let below_max = |b: u8| (b < MAX_WINDOW_BITS).then_some(b);
+        format_header(
+            self.server_no_context_takeover,
+            self.client_no_context_takeover,
+            below_max(self.server_max_window_bits),
+            below_max(self.client_max_window_bits).map(Some),
+        )
     }
+}
+
+/// The largest LZ77 window, and the default (RFC 7692 §7.1.2).
+pub const MAX_WINDOW_BITS: u8 = 15;
+/// The smallest window a peer may name (RFC 7692 §7.1.2.1).
+pub const MIN_WINDOW_BITS: u8 = 8;
+/// The smallest window our compressor can use: zlib cannot produce raw deflate with 8.
+pub const MIN_COMPRESS_WINDOW_BITS: u8 = 9;
+
+/// A window size we may compress with, from a configured one.
+fn compress_bits(bits: u8) -> u8 {
+    bits.clamp(MIN_COMPRESS_WINDOW_BITS, MAX_WINDOW_BITS)
+}
+
+/// Formats the parameters of a permessage-deflate offer or answer: the one formatter
+/// for both sides. Window bits: `None` leaves the parameter out; for the client's,
+/// `Some(None)` is the bare `client_max_window_bits` of an offer.
+fn format_header(server_nct: bool, client_nct: bool, server_bits: Option<u8>, client_bits: Option<Option<u8>>) -> String {
+    let mut s = String::from(NAME);
+    if server_nct {
+        s.push_str("; server_no_context_takeover");
+    }
+    if client_nct {
+        s.push_str("; client_no_context_takeover");
+    }
+    if let Some(b) = server_bits {
+        s.push_str(&format!("; server_max_window_bits={b}"));
+    }
+    match client_bits {
+        Some(Some(b)) => s.push_str(&format!("; client_max_window_bits={b}")),
+        Some(None) => s.push_str("; client_max_window_bits"),
+        None => {}
+    }
+    s
 }
 
 /// One extension of a `Sec-WebSocket-Extensions` list: name and parameters.
@@ -170,7 +197,7 @@ fn window_bits(v: &str) -> Option<u8> {
     if v.is_empty() || v.len() > 2 || !v.bytes().all(|c| c.is_ascii_digit()) || v.starts_with('0') {
         return None;
     }
-    v.parse().ok().filter(|n| (8..=15).contains(n))
+    v.parse().ok().filter(|n| (MIN_WINDOW_BITS..=MAX_WINDOW_BITS).contains(n))
 }
 
 /// The parameters of one permessage-deflate element, checked strictly.
@@ -224,15 +251,15 @@ pub fn negotiate_server<'a>(values: impl Iterator<Item = &'a str>, cfg: &Deflate
         for ext in exts.iter().filter(|e| e.name.eq_ignore_ascii_case(NAME)) {
             let Some(offer) = check_params(ext, true) else { continue };
             // The client limits our window; we cannot compress with 8 bits.
-            let server_bits = offer.server_max_window_bits.unwrap_or(15).min(cfg.server_max_window_bits.clamp(9, 15));
+            let server_bits = offer.server_max_window_bits.unwrap_or(MAX_WINDOW_BITS).min(compress_bits(cfg.server_max_window_bits));
             if server_bits < 9 {
                 continue;
             }
             // We may limit the client's window only if it said it supports that.
             let client_bits = match offer.client_max_window_bits {
-                None => 15,
-                Some(None) => cfg.client_max_window_bits.clamp(9, 15),
-                Some(Some(n)) => n.min(cfg.client_max_window_bits.clamp(9, 15)),
+                None => MAX_WINDOW_BITS,
+                Some(None) => compress_bits(cfg.client_max_window_bits),
+                Some(Some(n)) => n.min(compress_bits(cfg.client_max_window_bits)),
             };
             return Some(DeflateParams {
                 server_no_context_takeover: offer.server_no_context_takeover || cfg.server_no_context_takeover,
@@ -247,23 +274,10 @@ pub fn negotiate_server<'a>(values: impl Iterator<Item = &'a str>, cfg: &Deflate
 
 /// Client side: the offer to send.
 pub fn client_offer(cfg: &DeflateConfig) -> String {
-    let mut s = String::from(NAME);
-    if cfg.server_no_context_takeover {
-        s.push_str("; server_no_context_takeover");
-    }
-    if cfg.client_no_context_takeover {
-        s.push_str("; client_no_context_takeover");
-    }
-    if cfg.server_max_window_bits < 15 {
-        s.push_str(&format!("; server_max_window_bits={}", cfg.server_max_window_bits.clamp(9, 15)));
-    }
-    // We can always honour a limit on our own window (9 and up).
-    if cfg.client_max_window_bits < 15 {
-        s.push_str(&format!("; client_max_window_bits={}", cfg.client_max_window_bits.clamp(9, 15)));
-    } else {
-        s.push_str("; client_max_window_bits");
-    }
-    s
+    let server_bits = (cfg.server_max_window_bits < MAX_WINDOW_BITS).then(|| compress_bits(cfg.server_max_window_bits));
+    // We can always honour a limit on our own window (9 and up): say so.
+    let client_bits = (cfg.client_max_window_bits < MAX_WINDOW_BITS).then(|| compress_bits(cfg.client_max_window_bits));
+    format_header(cfg.server_no_context_takeover, cfg.client_no_context_takeover, server_bits, Some(client_bits))
 }
 
 /// Client side: checks the server's `Sec-WebSocket-Extensions` response to our offer.
@@ -275,12 +289,14 @@ pub fn accept_response(value: &str, cfg: &DeflateConfig) -> Result<DeflateParams
         return Err(bad());
     }
     let o = check_params(ext, false).ok_or_else(bad)?;
-    let server_bits = o.server_max_window_bits.unwrap_or(15);
-    if cfg.server_max_window_bits < 15 && server_bits > cfg.server_max_window_bits.clamp(9, 15) {
+    let server_bits = o.server_max_window_bits.unwrap_or(MAX_WINDOW_BITS);
+    if cfg.server_max_window_bits < MAX_WINDOW_BITS && server_bits > compress_bits(cfg.server_max_window_bits) {
         return Err(bad());
     }
-    let client_bits = o.client_max_window_bits.flatten().unwrap_or(15);
-    if client_bits < 9 || client_bits > cfg.client_max_window_bits.clamp(9, 15) && cfg.client_max_window_bits < 15 {
+    let client_bits = o.client_max_window_bits.flatten().unwrap_or(MAX_WINDOW_BITS);
+    if client_bits < MIN_COMPRESS_WINDOW_BITS
+        || client_bits > compress_bits(cfg.client_max_window_bits) && cfg.client_max_window_bits < MAX_WINDOW_BITS
+    {
         // We cannot compress with an 8-bit window; nor with more than we offered.
         return Err(bad());
     }
@@ -322,7 +338,7 @@ impl std::fmt::Debug for Deflater {
 impl Deflater {
     /// A compressor with `window_bits` (9-15); `reset_each` for no context takeover.
     pub fn new(level: u32, window_bits: u8, reset_each: bool) -> Self {
-        Self { z: Compress::new_with_window_bits(Compression::new(level.min(9)), false, window_bits.clamp(9, 15)), reset_each }
+        Self { z: Compress::new_with_window_bits(Compression::new(level.min(9)), false, compress_bits(window_bits)), reset_each }
     }
 
     /// Appends the compressed form of `data` (one whole message) to `out` (§7.2.1).
@@ -382,7 +398,7 @@ pub enum InflateError {
 impl Inflater {
     /// A decompressor; `reset_each` when the peer does not take over context.
     pub fn new(reset_each: bool) -> Self {
-        Self { z: Decompress::new_with_window_bits(false, 15), reset_each, ended: false }
+        Self { z: Decompress::new_with_window_bits(false, MAX_WINDOW_BITS), reset_each, ended: false }
     }
 
     /// Inflates `input` (part of a message) onto `out`, never letting `out` pass
