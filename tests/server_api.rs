@@ -294,3 +294,69 @@ fn the_inbox_runs_work_from_other_threads_on_the_loop() {
     handle.shutdown();
     thread.join().unwrap().unwrap();
 }
+
+/// Records end callbacks and nothing else.
+struct Ends(Log);
+
+impl Handler for Ends {
+    fn on_message(&mut self, _: &mut Ctx<'_>, _: ConnId, _: MessageKind, _: &[u8]) {}
+    fn on_close(&mut self, _: &mut Ctx<'_>, _: ConnId, closed: &Closed) {
+        self.0.lock().unwrap().push(format!("close {}", closed.code()));
+    }
+}
+
+/// Regression (found in review): the slow-consumer policy `Drop` aborted the engine
+/// from inside `Ctx::send`, and the connection was removed with its `Closed` event
+/// unread, so the handler never heard of it (the relay kept its room entry).
+#[test]
+fn a_consumer_dropped_as_slow_still_gets_its_end_callback() {
+    use rfc6455::net::SlowConsumerPolicy;
+    use std::io::Write;
+    let cfg = ServerConfig { high_water_mark: 64 << 10, slow_consumer: SlowConsumerPolicy::Drop, ..ServerConfig::default() };
+    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg, Relay::new()).unwrap();
+    let (addr, handle, inbox, stats) = (server.local_addr(), server.shutdown_handle(), server.inbox(), server.stats());
+    let thread = std::thread::spawn(move || server.run());
+    // A member that never reads, and a sender that floods the room.
+    let _sleeper = raw_client(addr, "/room");
+    let mut sender = raw_client(addr, "/room");
+    let frame = common::client_frame(true, rfc6455::OpCode::Binary, &vec![1u8; 64 << 10]);
+    let deadline = Instant::now() + WAIT;
+    while stats.slow_consumers.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the sleeper never became a slow consumer");
+        sender.write_all(&frame).unwrap();
+    }
+    // The sleeper's entry goes once its socket is dropped: only the sender remains.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (tx, rx) = std::sync::mpsc::channel();
+        inbox.send(move |relay: &mut Relay, _ctx| tx.send(relay.tracked()).unwrap()).unwrap();
+        if rx.recv_timeout(WAIT).unwrap() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dropped consumer's room entry was never released");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    handle.shutdown();
+    thread.join().unwrap().unwrap();
+}
+
+/// Regression (found in review): at the shutdown deadline `run` returned with clients
+/// that never answered the 1001 still held, and their handler never heard of them.
+#[test]
+fn clients_that_ignore_shutdown_still_get_their_end_callback() {
+    let log = Log::default();
+    let cfg = ServerConfig { shutdown_timeout: Duration::from_millis(200), ..ServerConfig::default() };
+    let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg, Ends(log.clone())).unwrap();
+    let (addr, handle, stats) = (server.local_addr(), server.shutdown_handle(), server.stats());
+    let thread = std::thread::spawn(move || server.run());
+    // A raw client completes the handshake and then never reads nor answers.
+    let _mute = raw_client(addr, "/");
+    let deadline = Instant::now() + WAIT;
+    while stats.opened.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "never opened");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.shutdown();
+    thread.join().unwrap().unwrap();
+    assert_eq!(log_lines(&log).len(), 1, "{:?}", log_lines(&log));
+}

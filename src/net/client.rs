@@ -20,6 +20,7 @@ const WAKER: Token = Token(1);
 
 /// How a client connects: the request (URL, subprotocols, origin, headers) and the
 /// settings around it.
+#[non_exhaustive]
 pub struct ClientOptions {
     /// What to ask the server for.
     pub request: ClientRequest,

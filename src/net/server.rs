@@ -14,9 +14,9 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
@@ -33,7 +33,7 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 /// Reads per connection per turn before others get their turn.
 const READ_BUDGET: usize = 16;
-/// Closures the inbox holds before senders are refused.
+/// Jobs the inbox holds before senders are refused; also the most run per loop turn.
 const INBOX_CAPACITY: usize = 4096;
 
 /// Server settings around the engines.
@@ -223,8 +223,9 @@ pub struct Server<H: Handler> {
     shutdown: Arc<AtomicBool>,
     waker: Arc<Waker>,
     inbox_tx: SyncSender<Job<H>>,
-    /// Behind a mutex only so that `Server` is `Sync`-agnostic; taken once per turn.
-    inbox: Mutex<Receiver<Job<H>>>,
+    inbox: Receiver<Job<H>>,
+    /// The last turn ran a full batch of jobs: poll without waiting.
+    inbox_backlog: bool,
     stats: Arc<ServerStats>,
     /// The engine configuration, shared by every connection.
     engine_config: Arc<Config>,
@@ -271,7 +272,8 @@ impl<H: Handler> Server<H> {
             shutdown: Arc::new(AtomicBool::new(false)),
             waker,
             inbox_tx,
-            inbox: Mutex::new(inbox),
+            inbox,
+            inbox_backlog: false,
             stats,
             readable: Vec::new(),
             scratch: Vec::new(),
@@ -321,6 +323,7 @@ impl<H: Handler> Server<H> {
             if let Some(deadline) = shutdown_deadline {
                 if self.conns.live() == 0 || now >= deadline {
                     info!("shutdown complete ({} connections left)", self.conns.live());
+                    self.drop_all(now);
                     return Ok(());
                 }
             }
@@ -329,7 +332,7 @@ impl<H: Handler> Server<H> {
                 let left = d.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
-            if !self.conns.reads.is_empty() {
+            if !self.conns.reads.is_empty() || self.inbox_backlog {
                 timeout = Some(Duration::ZERO);
             }
             match self.poll.poll(&mut events, timeout) {
@@ -367,15 +370,16 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    /// Runs the jobs other threads sent (bounded by what is there now).
+    /// Runs the jobs other threads sent, at most a channel's worth per turn so that
+    /// producers cannot starve reads, timers and writes; the rest wait one turn.
     fn run_inbox(&mut self, now: Instant) {
-        let inbox = match self.inbox.get_mut() {
-            Ok(rx) => rx,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        while let Ok(job) = inbox.try_recv() {
+        let mut ran = 0;
+        while ran < INBOX_CAPACITY {
+            let Ok(job) = self.inbox.try_recv() else { break };
             job(&mut self.handler, &mut Ctx { conns: &mut self.conns, now, policy: &self.policy });
+            ran += 1;
         }
+        self.inbox_backlog = ran == INBOX_CAPACITY;
     }
 
     fn accept_all(&mut self, now: Instant) {
@@ -564,13 +568,30 @@ impl<H: Handler> Server<H> {
         }
     }
 
+    /// Drops connection `i`'s socket. Events it still holds (an abort by the
+    /// slow-consumer policy, say) reach the handler first, so `on_close` is never lost.
     fn remove(&mut self, i: usize) {
+        if self.conns.at(i).is_some_and(|c| c.requested) {
+            self.dispatch(Instant::now(), i);
+        }
         if let Some(mut conn) = self.conns.remove(i) {
             self.memory.forget(&conn, &self.stats);
             let _ = self.poll.registry().deregister(&mut conn.socket.stream);
             self.stats.connections.store(self.conns.live(), Ordering::Relaxed);
             debug!("[{}] socket closed", conn.peer);
         }
+    }
+
+    /// The shutdown deadline passed: every connection still held is aborted (its
+    /// handler hears of it) and dropped.
+    fn drop_all(&mut self, now: Instant) {
+        for i in 0..self.conns.slots() {
+            let Some(conn) = self.conns.at(i) else { continue };
+            conn.engine.abort();
+            self.dispatch(now, i);
+            self.remove(i);
+        }
+        self.conns.dirty.clear();
     }
 
     fn begin_shutdown(&mut self, now: Instant) -> Instant {

@@ -107,6 +107,11 @@ impl Compression {
     pub(crate) fn footprint(&self) -> usize {
         self.0.footprint()
     }
+
+    /// The connection is over: frees the (de)compressor, keeps the parameters.
+    pub(crate) fn release(&mut self) {
+        self.0.release();
+    }
 }
 
 #[cfg(feature = "deflate")]
@@ -164,6 +169,10 @@ impl Compression {
     }
 
     pub(crate) fn footprint(&self) -> usize {
+        match *self {}
+    }
+
+    pub(crate) fn release(&mut self) {
         match *self {}
     }
 }

@@ -61,7 +61,7 @@ use crate::proto::error::{HandshakeError, ProtocolError, UsageError};
 use crate::proto::frame::{MAX_HEADER_LEN, MessageKind, OpCode, RSV1, encode_frame, encode_frame_rsv, encode_header};
 use crate::proto::handshake::{self, Accept, ClientHandshake, ClientRequest, HeadReader, Reject, Request, Response};
 use crate::proto::mask::{MaskGenerator, RandomMaskGenerator, apply_mask};
-use crate::proto::message::{Inbound, MessageReader, Received};
+use crate::proto::message::{Control, Inbound, MessageReader};
 use crate::proto::output::OutQueue;
 use crate::proto::types::{CloseFrame, Closed, ControlPayload, Event, MAX_CONTROL_PAYLOAD, Role, SharedFrame, Side, State};
 
@@ -531,6 +531,7 @@ impl Connection {
                     if let Some(f) = self.close_sent.clone() {
                         self.write_close(f.code, &f.reason);
                     }
+                    self.release_compression_when_done();
                 }
             }
         }
@@ -675,6 +676,16 @@ impl Connection {
         Ok(())
     }
 
+    /// Once closed with no deferred close left (nothing can be sent or received any
+    /// more), the compression state's memory goes; a lingering socket pins none of it.
+    fn release_compression_when_done(&mut self) {
+        if matches!(self.phase, Phase::Closed) && !self.close_pending {
+            if let Some(z) = self.compression.as_mut() {
+                z.release();
+            }
+        }
+    }
+
     fn emit(&mut self, e: Event) {
         self.events.push_back(Queued::Event(e));
     }
@@ -762,8 +773,9 @@ impl Connection {
         self.finish();
     }
 
-    /// Feeds frames to the message layer and acts on each unit it completes, for as
-    /// long as the phase reads frames.
+    /// Feeds frames to the message layer: messages become events as they complete;
+    /// each control frame is acted on before anything after it is read, for as long
+    /// as the phase reads frames.
     fn read_frames(&mut self, now: Instant, mut data: &[u8]) {
         while let Phase::Open | Phase::Closing = self.phase {
             let mut cx = Inbound {
@@ -772,22 +784,20 @@ impl Connection {
                 closing: matches!(self.phase, Phase::Closing),
                 compression: self.compression.as_deref_mut(),
             };
-            match self.reader.read(&mut data, &mut cx) {
-                Ok(Some(unit)) => self.on_received(now, unit),
+            let events = &mut self.events;
+            let mut deliver = |event| events.push_back(Queued::Event(event));
+            match self.reader.read(&mut data, &mut cx, &mut deliver) {
+                Ok(Some(control)) => {
+                    let payload = self.reader.control_payload();
+                    match control {
+                        Control::Ping => self.on_ping(payload),
+                        Control::Pong => self.on_pong(now, payload),
+                        Control::Close => self.on_close(now, &payload),
+                    }
+                }
                 Ok(None) => return,
                 Err(e) => return self.fail(now, e),
             }
-        }
-    }
-
-    fn on_received(&mut self, now: Instant, unit: Received) {
-        match unit {
-            Received::Text(s) => self.emit(Event::Text(s)),
-            Received::Binary(v) => self.emit(Event::Binary(v)),
-            Received::Frame { kind, data, fin } => self.emit(Event::Frame { kind, data, fin }),
-            Received::Ping(p) => self.on_ping(p),
-            Received::Pong(p) => self.on_pong(now, p),
-            Received::Close(p) => self.on_close(now, &p),
         }
     }
 
@@ -888,6 +898,7 @@ impl Connection {
         }
         self.phase = Phase::Closed;
         self.reader.release();
+        self.release_compression_when_done();
         self.handshake_deadline = None;
         self.close_deadline = None;
         self.keepalive.next_ping = None;

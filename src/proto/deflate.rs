@@ -252,7 +252,7 @@ pub fn negotiate_server<'a>(values: impl Iterator<Item = &'a str>, cfg: &Deflate
             let Some(offer) = check_params(ext, true) else { continue };
             // The client limits our window; we cannot compress with 8 bits.
             let server_bits = offer.server_max_window_bits.unwrap_or(MAX_WINDOW_BITS).min(compress_bits(cfg.server_max_window_bits));
-            if server_bits < 9 {
+            if server_bits < MIN_COMPRESS_WINDOW_BITS {
                 continue;
             }
             // We may limit the client's window only if it said it supports that.
@@ -620,6 +620,14 @@ impl Session {
     /// Ends a compressed message.
     pub(crate) fn finish(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<(), InflateError> {
         self.rx().finish(out, limit)
+    }
+
+    /// Frees the compressor, the decompressor and the scratch buffer (the connection
+    /// is over); the agreed parameters stay.
+    pub(crate) fn release(&mut self) {
+        self.tx = None;
+        self.rx = None;
+        self.scratch = Vec::new();
     }
 
     /// Bytes held by the compression state.

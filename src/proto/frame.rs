@@ -23,6 +23,7 @@ pub const MAX_HEADER_LEN: usize = 14;
 
 /// A frame opcode (§5.2). Reserved values are rejected when decoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum OpCode {
     /// 0x0: continues a fragmented message.
     Continuation,
@@ -110,6 +111,7 @@ pub struct FrameHeader {
 /// never an error), or the header and its length in bytes. Only the rules that need
 /// no context are checked here: reserved opcodes and the 64-bit length's top bit.
 /// Nothing is allocated, whatever length the header declares.
+#[inline]
 pub fn decode_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
     let [b0, b1, ..] = *buf else { return Ok(None) };
     let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(ProtocolError::ReservedOpcode(b0 & 0x0F))?;
@@ -135,10 +137,9 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, Protoco
             n
         }
     };
-    let mask = masked.then(|| {
-        let at = 2 + len_bytes;
-        [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
-    });
+    // One 4-byte copy (not four byte loads): the key is read back as a word.
+    let at = 2 + len_bytes;
+    let mask = masked.then(|| <[u8; 4]>::try_from(&buf[at..at + 4]).expect("4 bytes"));
     let header = FrameHeader { fin: b0 & 0x80 != 0, rsv: (b0 >> 4) & 0x7, opcode, mask, payload_len };
     Ok(Some((header, header_len)))
 }

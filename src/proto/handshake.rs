@@ -316,6 +316,11 @@ impl Reject {
         self.status
     }
 
+    /// The extra headers.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
     /// The body.
     pub fn body_bytes(&self) -> &[u8] {
         &self.body
@@ -326,11 +331,15 @@ impl Reject {
 pub(crate) fn write_rejection(out: &mut Vec<u8>, reject: &Reject) -> Result<(), UsageError> {
     let Reject { status, headers, body } = reject;
     let status = *status;
-    if !(200..=599).contains(&status) || status == 101 {
+    if !(200..=599).contains(&status) {
         return Err(UsageError::InvalidStatus(status));
     }
     for (n, v) in headers {
         check_header(n, v)?;
+        // The response frames itself: a second Content-Length would smuggle a body.
+        if ["content-length", "transfer-encoding", "connection"].iter().any(|r| n.eq_ignore_ascii_case(r)) {
+            return Err(UsageError::ReservedHeader(n.clone()));
+        }
     }
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
     if status == 426 {
@@ -501,6 +510,7 @@ impl ClientRequest {
 
 /// The server's 101 response as the client received it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Response {
     /// Always 101 once the connection is open.
     pub status: u16,
@@ -574,7 +584,7 @@ pub(crate) fn parse_response(
 ///
 /// ```
 /// use rfc6455::ClientRequest;
-/// use rfc6455::proto::handshake::ClientHandshake;
+/// use rfc6455::ClientHandshake;
 ///
 /// let req = ClientRequest::new("ws://server.example.com/chat").unwrap();
 /// // The RFC 6455 §1.3 sample key; use `with_random_key` for real connections.

@@ -2,7 +2,8 @@
 //! across reads, each frame checked against the rules of RFC 6455 §5 and the limits,
 //! payloads unmasked into the message buffer (the one copy), text validated as it
 //! arrives, compressed messages inflated within the limit, control payloads collected
-//! inline. It reports one [`Received`] unit at a time and knows nothing of phases
+//! inline. It hands whole messages (or frames) to a sink as events as they complete, stops at
+//! each control frame for the connection to act on, and knows nothing of phases
 //! beyond what [`Inbound`] tells it, so it can be tested and fuzzed alone.
 //!
 //! Memory: nothing is allocated from a length the peer declared. A message buffer grows
@@ -14,7 +15,7 @@ use crate::proto::config::{Config, Delivery};
 use crate::proto::error::ProtocolError;
 use crate::proto::frame::{FrameHeader, MAX_HEADER_LEN, MessageKind, OpCode, RSV1, decode_header};
 use crate::proto::mask::{apply_mask, extend_unmasked};
-use crate::proto::types::ControlPayload;
+use crate::proto::types::{ControlPayload, Event};
 use crate::proto::utf8::Utf8Validator;
 
 /// Most spare message buffers kept for reuse.
@@ -35,21 +36,15 @@ pub(crate) struct Inbound<'a> {
     pub(crate) compression: Option<&'a mut Compression>,
 }
 
-/// One complete unit of input.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Received {
-    /// A whole text message ([`Delivery::Messages`]).
-    Text(String),
-    /// A whole binary message ([`Delivery::Messages`]).
-    Binary(Vec<u8>),
-    /// One data frame ([`Delivery::Frames`]).
-    Frame { kind: MessageKind, data: Vec<u8>, fin: bool },
-    /// A ping's payload.
-    Ping(ControlPayload),
-    /// A pong's payload.
-    Pong(ControlPayload),
-    /// A close frame's payload (not yet parsed).
-    Close(ControlPayload),
+/// A complete control frame, returned for the connection to act on; its payload is
+/// [`MessageReader::control_payload`] (kept out of the return value, which stays small
+/// on the per-message path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Control {
+    Ping,
+    Pong,
+    /// A close frame (its payload not yet parsed).
+    Close,
 }
 
 /// Where the payload of the frame being received goes.
@@ -95,7 +90,8 @@ struct MessageBuffer {
     utf8: Utf8Validator,
     /// The message is text: every appended byte goes through `utf8`.
     text: bool,
-    /// `bytes` holds the message from its first byte (nothing was taken mid-message).
+    /// `bytes` holds the message from its first byte (nothing was taken mid-message)
+    /// and every byte of it was validated successfully: any failed append clears it.
     whole: bool,
     /// `utf8.finish()` returned Ok after the last append.
     finished: bool,
@@ -128,16 +124,17 @@ impl MessageBuffer {
     fn grow(&mut self, more: usize, limit: usize) {
         let need = self.bytes.len() + more;
         if need > self.bytes.capacity() {
-            let target = (self.bytes.capacity() * 2).max(4096).min(limit).max(need);
+            let target = (self.bytes.capacity() * 2).min(limit).max(need);
             self.bytes.reserve_exact(target - self.bytes.len());
         }
     }
 
     /// Validates the bytes appended since `start` if the message is text (§8.1: fail at
     /// the first impossible byte, even inside a frame).
+    #[inline]
     fn validate_from(&mut self, start: usize) -> Result<(), ProtocolError> {
-        self.finished = false;
         if self.text && self.utf8.feed(&self.bytes[start..]).is_err() {
+            self.whole = false;
             return Err(ProtocolError::InvalidUtf8);
         }
         Ok(())
@@ -145,6 +142,7 @@ impl MessageBuffer {
 
     /// Appends a payload piece, unmasking it on the way; returns the next mask offset.
     fn append_unmasked(&mut self, chunk: &[u8], mask: Option<[u8; 4]>, mask_off: usize, limit: usize) -> Result<usize, ProtocolError> {
+        self.finished = false;
         self.grow(chunk.len(), limit);
         let start = self.bytes.len();
         let off = extend_unmasked(&mut self.bytes, chunk, mask, mask_off);
@@ -163,22 +161,27 @@ impl MessageBuffer {
         room: usize,
         max: usize,
     ) -> Result<usize, ProtocolError> {
+        self.finished = false;
         let start = self.bytes.len();
-        let off = z.inflate_masked(chunk, mask, mask_off, &mut self.bytes, room, max)?;
+        let off = z.inflate_masked(chunk, mask, mask_off, &mut self.bytes, room, max).inspect_err(|_| self.whole = false)?;
         self.validate_from(start)?;
         Ok(off)
     }
 
     /// Appends the end of a compressed message.
     fn finish_inflated(&mut self, z: &mut Compression, room: usize, max: usize) -> Result<(), ProtocolError> {
+        self.finished = false;
         let start = self.bytes.len();
-        z.finish(&mut self.bytes, room, max)?;
+        z.finish(&mut self.bytes, room, max).inspect_err(|_| self.whole = false)?;
         self.validate_from(start)
     }
 
     /// Text: the message ends here; an unfinished code point is an error.
     fn end_text(&mut self) -> Result<(), ProtocolError> {
-        self.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+        self.utf8.finish().map_err(|_| {
+            self.whole = false;
+            ProtocolError::InvalidUtf8
+        })?;
         self.finished = true;
         Ok(())
     }
@@ -204,9 +207,10 @@ impl MessageBuffer {
         }
         self.finished = false;
         // SAFETY: `bytes` is the whole message (`whole`: nothing was taken out since
-        // `begin`), every byte of it was appended by a method of this type that fed it,
-        // in order, to `utf8` and got Ok (`validate_from`), and `utf8.finish()` returned
-        // Ok after the last append (`finished`, cleared by every append). The validator
+        // `begin` and no append failed), every byte of it was appended by a method of
+        // this type that fed it, in order, to `utf8` and got Ok (`validate_from`), and
+        // `utf8.finish()` returned Ok after the last append (`finished`, cleared at the
+        // start of every append). The validator
         // accepts exactly the valid UTF-8 streams (tested against `std::str::from_utf8`
         // over arbitrary splits by proptest and the `utf8` fuzz target).
         //
@@ -264,7 +268,18 @@ impl MessageReader {
     /// Consumes bytes from the front of `data` until one unit is complete (returned) or
     /// `data` is exhausted (`Ok(None)`). An error is the peer's fault; the caller fails
     /// the connection and reads nothing more.
-    pub(crate) fn read(&mut self, data: &mut &[u8], cx: &mut Inbound<'_>) -> Result<Option<Received>, ProtocolError> {
+    ///
+    /// Data units (messages, or frames with [`Delivery::Frames`]) go to `deliver` as
+    /// they complete, without leaving the loop; a control frame is returned, because
+    /// the connection must act on it (answer a ping, end on a close) before any byte
+    /// after it is read. After an error the caller abandons the reader (a failed
+    /// connection reads nothing more); the text fast path does not depend on it.
+    pub(crate) fn read(
+        &mut self,
+        data: &mut &[u8],
+        cx: &mut Inbound<'_>,
+        deliver: &mut impl FnMut(Event),
+    ) -> Result<Option<Control>, ProtocolError> {
         while !data.is_empty() || self.frame.is_some_and(|f| f.remaining == 0) {
             if let Some(frame) = self.frame.as_mut() {
                 let n = frame.remaining.min(data.len() as u64) as usize;
@@ -275,14 +290,27 @@ impl MessageReader {
                     self.payload(chunk, cx)?;
                 }
                 if self.frame.is_some_and(|f| f.remaining == 0) {
-                    if let Some(done) = self.frame_end(cx)? {
-                        return Ok(Some(done));
+                    if let Some(control) = self.frame_end(cx, deliver)? {
+                        return Ok(Some(control));
                     }
                 }
                 continue;
             }
             let Some(h) = self.header(data)? else { return Ok(None) };
-            self.start_frame(h, cx)?;
+            let sink = self.start_frame(&h, cx)?;
+            let len = h.payload_len;
+            if sink == Sink::Data && len > 0 && data.len() as u64 >= len {
+                // Fast path: the whole data frame is here, so its payload goes straight
+                // into the message without the in-progress frame state.
+                let (chunk, rest) = data.split_at(len as usize);
+                *data = rest;
+                self.data_payload(chunk, h.mask, 0, cx)?;
+                if let Some(message) = self.data_frame_end(h.fin, cx)? {
+                    deliver(message);
+                }
+                continue;
+            }
+            self.frame = Some(InFrame { opcode: h.opcode, fin: h.fin, mask: h.mask, mask_off: 0, remaining: len, sink });
         }
         Ok(None)
     }
@@ -321,8 +349,8 @@ impl MessageReader {
     }
 
     /// Checks a frame header and decides where its payload goes.
-    fn start_frame(&mut self, h: FrameHeader, cx: &mut Inbound<'_>) -> Result<(), ProtocolError> {
-        self.check(&h, cx)?;
+    fn start_frame(&mut self, h: &FrameHeader, cx: &mut Inbound<'_>) -> Result<Sink, ProtocolError> {
+        self.check(h, cx)?;
         let sink = if h.opcode.is_control() {
             self.ctrl.get_or_insert_with(|| Box::new(ControlPayload::EMPTY)).len = 0;
             Sink::Control
@@ -330,23 +358,24 @@ impl MessageReader {
             Sink::Skip
         } else {
             let len = h.payload_len as usize;
+            // Storage for the payload: a spare, if the buffer has none (every frame of a
+            // frame delivery starts with an empty one).
+            if self.buf.capacity() == 0 {
+                if let Some(spare) = self.spares.take() {
+                    self.buf.provide(spare);
+                }
+            }
             match self.message.as_mut() {
                 Some(m) => m.declared += len,
                 None => {
                     let kind = if h.opcode == OpCode::Text { MessageKind::Text } else { MessageKind::Binary };
                     self.message = Some(InMessage { kind, compressed: h.rsv & RSV1 != 0, declared: len, inflated_before: 0 });
-                    if self.buf.capacity() == 0 {
-                        if let Some(spare) = self.spares.take() {
-                            self.buf.provide(spare);
-                        }
-                    }
                     self.buf.begin(kind == MessageKind::Text);
                 }
             }
             Sink::Data
         };
-        self.frame = Some(InFrame { opcode: h.opcode, fin: h.fin, mask: h.mask, mask_off: 0, remaining: h.payload_len, sink });
-        Ok(())
+        Ok(sink)
     }
 
     /// The rules a header must follow given the state (§5.1, §5.2, §5.4, §5.5) and the limits.
@@ -405,39 +434,54 @@ impl MessageReader {
                 ctrl.len += chunk.len() as u8;
             }
             Sink::Data => {
-                let Some(m) = self.message else { return Ok(()) };
-                let max = cx.config.max_message_size;
-                frame.mask_off = match cx.compression.as_deref_mut() {
-                    Some(z) if m.compressed => {
-                        self.buf.append_inflated(z, chunk, frame.mask, frame.mask_off, max - m.inflated_before, max)?
-                    }
-                    _ => self.buf.append_unmasked(chunk, frame.mask, frame.mask_off, max)?,
-                };
+                let (mask, off) = (frame.mask, frame.mask_off);
+                let next = self.data_payload(chunk, mask, off, cx)?;
+                if let Some(frame) = self.frame.as_mut() {
+                    frame.mask_off = next;
+                }
             }
         }
         Ok(())
     }
 
-    /// The current frame is complete: a control payload or a message (or frame) may be ready.
-    fn frame_end(&mut self, cx: &mut Inbound<'_>) -> Result<Option<Received>, ProtocolError> {
+    /// Appends a piece of a data frame's payload to the message (inflating it if the
+    /// message is compressed); returns the next mask offset.
+    fn data_payload(&mut self, chunk: &[u8], mask: Option<[u8; 4]>, mask_off: usize, cx: &mut Inbound<'_>) -> Result<usize, ProtocolError> {
+        let max = cx.config.max_message_size;
+        match (&self.message, cx.compression.as_deref_mut()) {
+            (Some(m), Some(z)) if m.compressed => {
+                let room = max - m.inflated_before;
+                self.buf.append_inflated(z, chunk, mask, mask_off, room, max)
+            }
+            (Some(_), _) => self.buf.append_unmasked(chunk, mask, mask_off, max),
+            (None, _) => Ok(mask_off),
+        }
+    }
+
+    /// The current frame is complete: a control frame is returned; a message (or
+    /// frame) that it completes goes to `deliver`.
+    fn frame_end(&mut self, cx: &mut Inbound<'_>, deliver: &mut impl FnMut(Event)) -> Result<Option<Control>, ProtocolError> {
         let Some(frame) = self.frame.take() else { return Ok(None) };
         match frame.sink {
             Sink::Skip => Ok(None),
-            Sink::Control => {
-                let payload = self.ctrl.as_deref().copied().unwrap_or(ControlPayload::EMPTY);
-                Ok(Some(match frame.opcode {
-                    OpCode::Ping => Received::Ping(payload),
-                    OpCode::Pong => Received::Pong(payload),
-                    _ => Received::Close(payload),
-                }))
+            Sink::Control => Ok(Some(match frame.opcode {
+                OpCode::Ping => Control::Ping,
+                OpCode::Pong => Control::Pong,
+                _ => Control::Close,
+            })),
+            Sink::Data => {
+                if let Some(message) = self.data_frame_end(frame.fin, cx)? {
+                    deliver(message);
+                }
+                Ok(None)
             }
-            Sink::Data => self.data_frame_end(frame.fin, cx),
         }
     }
 
     /// A data frame is complete: with [`Delivery::Frames`] it is handed out; with
     /// [`Delivery::Messages`] only the last frame completes something.
-    fn data_frame_end(&mut self, fin: bool, cx: &mut Inbound<'_>) -> Result<Option<Received>, ProtocolError> {
+    #[inline]
+    fn data_frame_end(&mut self, fin: bool, cx: &mut Inbound<'_>) -> Result<Option<Event>, ProtocolError> {
         let Some(m) = self.message.as_mut() else { return Err(ProtocolError::UnexpectedContinuation) };
         let (kind, max) = (m.kind, cx.config.max_message_size);
         if fin {
@@ -451,18 +495,23 @@ impl MessageReader {
         let received = match cx.config.delivery {
             Delivery::Frames => {
                 m.inflated_before += self.buf.bytes.len();
-                Received::Frame { kind, data: self.buf.take_part(), fin }
+                Event::Frame { kind, data: self.buf.take_part(), fin }
             }
             Delivery::Messages if !fin => return Ok(None),
             Delivery::Messages => match kind {
-                MessageKind::Binary => Received::Binary(self.buf.take_binary()),
-                MessageKind::Text => Received::Text(self.buf.take_text()?),
+                MessageKind::Binary => Event::Binary(self.buf.take_binary()),
+                MessageKind::Text => Event::Text(self.buf.take_text()?),
             },
         };
         if fin {
             self.message = None;
         }
         Ok(Some(received))
+    }
+
+    /// The payload of the control frame [`MessageReader::read`] just returned.
+    pub(crate) fn control_payload(&self) -> ControlPayload {
+        self.ctrl.as_deref().copied().unwrap_or(ControlPayload::EMPTY)
     }
 
     /// Hands a buffer back for later messages.
@@ -549,5 +598,9 @@ mod tests {
         b.begin(true);
         b.append_unmasked(b"ok ", None, 0, 64).unwrap();
         assert_eq!(b.append_unmasked(&[0xED, 0xA0], None, 0, 64), Err(ProtocolError::InvalidUtf8));
+        // Even a caller that goes on after the error cannot get the bytes as text
+        // unchecked: the failed append took the buffer's proof away for good.
+        let _ = b.end_text();
+        assert_eq!(b.take_text(), Err(ProtocolError::InvalidUtf8));
     }
 }
