@@ -13,7 +13,7 @@ use rfc6455::net::{Echo, Handler, Relay, Server, ServerConfig};
 use rfc6455::proto::frame::decode_header;
 
 use rfc6455::proto::frame::{OpCode, encode_frame};
-use rfc6455::{Accept, Config, Connection, Event, MessageKind, SharedFrame};
+use rfc6455::{Config, Connection, Event, MessageKind, SharedFrame};
 
 struct Counting;
 
@@ -58,14 +58,12 @@ fn allocs() -> u64 {
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
-fn open_server(now: Instant) -> Connection {
-    let mut s = Connection::server(Config::default(), now);
-    s.handle_bytes(now, REQUEST);
-    let _ = s.poll_event();
-    s.accept(now, Accept::new()).unwrap();
-    let _ = s.poll_event();
-    s.consume_output(usize::MAX);
-    s
+// The integration tests' helpers: an opened server engine.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+fn open_server(_now: Instant) -> Connection {
+    common::open_server(Config::default()).0
 }
 
 fn frames(n: usize, size: usize) -> Vec<u8> {

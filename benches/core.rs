@@ -15,16 +15,10 @@ use rfc6455::{Accept, Config, Connection, Event, MessageKind};
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 const REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: server.example.com\r\nConnection: Upgrade\r\nPragma: no-cache\r\nCache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36\r\nUpgrade: websocket\r\nOrigin: https://example.com\r\nSec-WebSocket-Version: 13\r\nAccept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
-fn open_server(cfg: Config) -> (Connection, Instant) {
-    let now = Instant::now();
-    let mut s = Connection::server(cfg, now);
-    s.handle_bytes(now, REQUEST);
-    let _ = s.poll_event();
-    s.accept(now, Accept::new()).unwrap();
-    let _ = s.poll_event();
-    s.consume_output(usize::MAX);
-    (s, now)
-}
+// The integration tests' in-memory helpers (an opened server engine, ...).
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::open_server;
 
 fn masked_frames(kind: MessageKind, payload: &[u8], fragments: usize) -> Vec<u8> {
     let mut v = Vec::new();

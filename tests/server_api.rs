@@ -29,6 +29,21 @@ fn wait_log(log: &Log, what: &str, f: impl Fn(&[String]) -> bool) {
     }
 }
 
+/// Asks the loop itself (through its inbox) how many connections the relay tracks,
+/// until it is `n` (bounded).
+fn wait_tracked(inbox: &rfc6455::net::Inbox<Relay>, n: usize, what: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (tx, rx) = std::sync::mpsc::channel();
+        inbox.send(move |relay: &mut Relay, _ctx| tx.send(relay.tracked()).unwrap()).unwrap();
+        if rx.recv_timeout(WAIT).unwrap() == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Keeps the id of the first connection and, when a later one opens, tries to reach
 /// the first through it.
 struct StaleIds {
@@ -211,17 +226,7 @@ fn the_relay_tracks_nothing_after_its_clients_leave() {
     let mut c = rfc6455::net::Client::connect_url(&format!("ws://{addr}/room")).unwrap();
     c.close(CloseCode::NORMAL, "").unwrap();
     let _ = next_closed(&mut c);
-    // Ask the loop itself (through the inbox) how many connections the relay tracks.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (tx, rx) = std::sync::mpsc::channel();
-        inbox.send(move |relay: &mut Relay, _ctx| tx.send(relay.tracked()).unwrap()).unwrap();
-        if rx.recv_timeout(WAIT).unwrap() == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the relay still tracks a closed connection");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_tracked(&inbox, 0, "the relay still tracks a closed connection");
     handle.shutdown();
     assert_eq!(thread.join().unwrap(), 0);
 }
@@ -326,16 +331,7 @@ fn a_consumer_dropped_as_slow_still_gets_its_end_callback() {
         sender.write_all(&frame).unwrap();
     }
     // The sleeper's entry goes once its socket is dropped: only the sender remains.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (tx, rx) = std::sync::mpsc::channel();
-        inbox.send(move |relay: &mut Relay, _ctx| tx.send(relay.tracked()).unwrap()).unwrap();
-        if rx.recv_timeout(WAIT).unwrap() == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the dropped consumer's room entry was never released");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_tracked(&inbox, 1, "the dropped consumer's room entry was never released");
     handle.shutdown();
     thread.join().unwrap().unwrap();
 }

@@ -274,6 +274,9 @@ impl MessageReader {
     /// the connection must act on it (answer a ping, end on a close) before any byte
     /// after it is read. After an error the caller abandons the reader (a failed
     /// connection reads nothing more); the text fast path does not depend on it.
+    // Never inlined into the connection: measured, the merged function was much slower
+    // (register pressure in the large caller; `cargo bench --bench core -- receive`).
+    #[inline(never)]
     pub(crate) fn read(
         &mut self,
         data: &mut &[u8],
