@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 use log::{error, info};
 use rfc6455::net::{Client, ClientOptions, Echo, Handler, Relay, Server, ServerConfig};
-use rfc6455::{ClientRequest, CloseCode, Config, DeflateConfig, Event, MessageKind};
+use rfc6455::{ClientRequest, CloseCode, Config, DeflateConfig, Event};
 
 #[derive(Parser)]
 #[command(name = "rfc6455", version, about = "WebSocket (RFC 6455) relay, echo server and client")]
@@ -268,12 +268,29 @@ fn run_client(url: &str, mut opts: ClientOptions, binary: bool, ping_interval: O
         }
     };
     eprintln!("connected to {url} ({})", client.peer_addr());
-    let (tx, rx) = mpsc::channel::<Option<String>>();
+    // Lines as bytes: in text mode a line that is not UTF-8 is reported and skipped,
+    // with --binary any bytes go through; end of input (or a read error) is `None`.
+    let (tx, rx) = mpsc::channel::<Option<(usize, Vec<u8>)>>();
     let waker = client.waker();
     std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(Some(line)).is_err() {
+        let mut stdin = std::io::stdin().lock();
+        for number in 1.. {
+            let mut line = Vec::new();
+            match stdin.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("error: reading standard input: {e}");
+                    break;
+                }
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            if tx.send(Some((number, line))).is_err() {
                 return;
             }
             let _ = waker.wake();
@@ -286,9 +303,19 @@ fn run_client(url: &str, mut opts: ClientOptions, binary: bool, ping_interval: O
     loop {
         while let Ok(msg) = rx.try_recv() {
             match msg {
-                Some(line) if !closing => {
-                    let kind = if binary { MessageKind::Binary } else { MessageKind::Text };
-                    if let Err(e) = client.send(kind, line.as_bytes()) {
+                Some((number, line)) if !closing => {
+                    let sent = if binary {
+                        client.send_binary(&line)
+                    } else {
+                        match std::str::from_utf8(&line) {
+                            Ok(text) => client.send_text(text),
+                            Err(_) => {
+                                eprintln!("error: line {number} is not valid UTF-8: skipped (--binary sends any bytes)");
+                                continue;
+                            }
+                        }
+                    };
+                    if let Err(e) = sent {
                         eprintln!("error: cannot send: {e}");
                     }
                 }

@@ -62,9 +62,9 @@ fn client_gives_up_waiting_for_tcp_close_after_the_timeout() {
 fn close_timeout_when_the_peer_never_answers() {
     let (mut s, now) = open_server(Config::default());
     s.close(now, CloseCode::NORMAL, "").unwrap();
-    // Data frames after our close are ignored; only the peer's close counts.
-    s.handle_bytes(now, &client_frame(true, OpCode::Text, b"ignored"));
-    assert_eq!(events(&mut s), vec![]);
+    // Data the peer sent before it saw our close still arrives; only its close ends it.
+    s.handle_bytes(now, &client_frame(true, OpCode::Text, b"in flight"));
+    assert_eq!(events(&mut s), vec![Event::Text("in flight".into())]);
     s.handle_timeout(now + Duration::from_secs(5));
     let closed = expect_closed(&events(&mut s));
     assert!(!closed.clean);
@@ -153,4 +153,32 @@ fn idle_timeout_drops_a_silent_peer() {
     assert!(!events(&mut s).iter().any(|e| matches!(e, Event::Closed(_))));
     s.handle_timeout(now + Duration::from_secs(50));
     assert_eq!(expect_closed(&events(&mut s)).error, Some(ProtocolError::IdleTimeout));
+}
+
+/// Regression (issue 17): a client that closed at the end of its input lost the echoes
+/// still on their way, because the engine discarded data frames once it had sent its
+/// close. RFC 6455 §7.1 lets them arrive until the peer's close frame.
+#[test]
+fn messages_in_flight_when_we_close_are_delivered_before_the_close() {
+    let mut p = Pair::default_open();
+    p.client.send_text("hello").unwrap();
+    p.client.send_text("world").unwrap();
+    p.client.close(p.now, CloseCode::NORMAL, "").unwrap();
+    // The server echoes each message, then answers the close (the deferred close frame
+    // goes out after its answers).
+    let now = p.now;
+    let out = drain_output(&mut p.client);
+    p.server.handle_bytes(now, &out);
+    while let Some(ev) = p.server.poll_event() {
+        if let Event::Text(t) = ev {
+            p.server.send_text(&t).unwrap();
+        }
+    }
+    let back = drain_output(&mut p.server);
+    p.client.handle_bytes(now, &back);
+    p.client.handle_eof(now);
+    let got = events(&mut p.client);
+    assert_eq!(got[..2], [Event::Text("hello".into()), Event::Text("world".into())], "{got:?}");
+    let closed = expect_closed(&got);
+    assert!(closed.clean, "{closed:?}");
 }

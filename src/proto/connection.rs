@@ -23,7 +23,7 @@
 //! | AwaitAccept (server) | kept (bounded) for after `accept` | → Closed | handshake: → Closed | `accept`: 101, → Open; `reject`: HTTP status, → Closed |
 //! | ReadResponse (client) | 101 checked: → Open; else → Closed | → Closed | handshake: → Closed | — |
 //! | Open | frames: events; peer's close: reply queued, server → Closed, client → AwaitEof; violation: close code queued, same | → Closed (1006) | keepalive ping; pong or idle timeout: → Closed (1006) | `close`: close frame, → Closing |
-//! | Closing (we sent close) | data skipped, control frames processed; peer's close: server → Closed, client → AwaitEof | → Closed | close timeout: → Closed | — |
+//! | Closing (we sent close) | frames as when open (the peer's data already on its way still arrives); peer's close: server → Closed, client → AwaitEof | → Closed | close timeout: → Closed | — |
 //! | AwaitEof (client) | ignored | → Closed | close timeout: → Closed | — |
 //! | Closed | ignored | ignored | — | `Err` |
 //!
@@ -451,7 +451,8 @@ impl Connection {
     }
 
     /// Starts the closing handshake with `code` (one that may be sent, §7.4) and a
-    /// UTF-8 `reason` of at most 123 bytes. Nothing but the peer's close is read after.
+    /// UTF-8 `reason` of at most 123 bytes. Nothing more may be sent; what the peer sent
+    /// before it saw our close still arrives as events, until its close frame.
     pub fn close(&mut self, now: Instant, code: CloseCode, reason: &str) -> Result<(), UsageError> {
         if !code.is_sendable() {
             return Err(UsageError::InvalidCloseCode(code.0));
@@ -778,12 +779,8 @@ impl Connection {
     /// as the phase reads frames.
     fn read_frames(&mut self, now: Instant, mut data: &[u8]) {
         while let Phase::Open | Phase::Closing = self.phase {
-            let mut cx = Inbound {
-                config: &self.config,
-                expect_masked: self.role == Role::Server,
-                closing: matches!(self.phase, Phase::Closing),
-                compression: self.compression.as_deref_mut(),
-            };
+            let mut cx =
+                Inbound { config: &self.config, expect_masked: self.role == Role::Server, compression: self.compression.as_deref_mut() };
             let events = &mut self.events;
             let mut deliver = |event| events.push_back(Queued::Event(event));
             match self.reader.read(&mut data, &mut cx, &mut deliver) {

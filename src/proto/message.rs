@@ -30,8 +30,6 @@ pub(crate) struct Inbound<'a> {
     pub(crate) config: &'a Config,
     /// A server expects masked frames, a client unmasked ones (§5.1).
     pub(crate) expect_masked: bool,
-    /// We sent a close frame: data frames are skipped, only control frames count (§7.1.2).
-    pub(crate) closing: bool,
     /// permessage-deflate, when negotiated: RSV1 marks compressed messages.
     pub(crate) compression: Option<&'a mut Compression>,
 }
@@ -52,7 +50,6 @@ pub(crate) enum Control {
 enum Sink {
     Control,
     Data,
-    Skip,
 }
 
 /// The frame whose payload is being received.
@@ -355,8 +352,6 @@ impl MessageReader {
         let sink = if h.opcode.is_control() {
             self.ctrl.get_or_insert_with(|| Box::new(ControlPayload::EMPTY)).len = 0;
             Sink::Control
-        } else if cx.closing {
-            Sink::Skip
         } else {
             let len = h.payload_len as usize;
             // Storage for the payload: a spare, if the buffer has none (every frame of a
@@ -401,9 +396,6 @@ impl MessageReader {
             }
             return Ok(());
         }
-        if cx.closing {
-            return Ok(());
-        }
         match (h.opcode, self.message.is_some()) {
             (OpCode::Continuation, false) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, true) => return Err(ProtocolError::ExpectedContinuation),
@@ -423,7 +415,6 @@ impl MessageReader {
     fn payload(&mut self, chunk: &[u8], cx: &mut Inbound<'_>) -> Result<(), ProtocolError> {
         let Some(frame) = self.frame.as_mut() else { return Ok(()) };
         match frame.sink {
-            Sink::Skip => {}
             Sink::Control => {
                 let Some(ctrl) = self.ctrl.as_deref_mut() else { return Ok(()) };
                 let at = usize::from(ctrl.len);
@@ -464,7 +455,6 @@ impl MessageReader {
     fn frame_end(&mut self, cx: &mut Inbound<'_>, deliver: &mut impl FnMut(Event)) -> Result<Option<Control>, ProtocolError> {
         let Some(frame) = self.frame.take() else { return Ok(None) };
         match frame.sink {
-            Sink::Skip => Ok(None),
             Sink::Control => Ok(Some(match frame.opcode {
                 OpCode::Ping => Control::Ping,
                 OpCode::Pong => Control::Pong,
