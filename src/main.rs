@@ -16,9 +16,9 @@ use rfc6455::{ClientRequest, CloseCode, Config, DeflateConfig, Event};
 #[derive(Parser)]
 #[command(name = "rfc6455", version, about = "WebSocket (RFC 6455) relay, echo server and client")]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    log: String,
+    /// Log level (off, error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", value_parser = parse_log_level)]
+    log: log::LevelFilter,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,16 +27,16 @@ struct Cli {
 enum Command {
     /// Chat relay: every message goes to all other clients in the same room (the URL path).
     Relay {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:9001")]
+        /// Address to listen on: HOST:PORT (a name is resolved) or a bare PORT (127.0.0.1).
+        #[arg(long, default_value = "127.0.0.1:9001", value_parser = parse_listen)]
         listen: SocketAddr,
         #[command(flatten)]
         server: ServerArgs,
     },
     /// Echo server: every message goes back to its sender.
     Echo {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:9002")]
+        /// Address to listen on: HOST:PORT (a name is resolved) or a bare PORT (127.0.0.1).
+        #[arg(long, default_value = "127.0.0.1:9002", value_parser = parse_listen)]
         listen: SocketAddr,
         #[command(flatten)]
         server: ServerArgs,
@@ -57,11 +57,12 @@ enum Command {
         /// Origin header to send.
         #[arg(long)]
         origin: Option<String>,
-        /// Send a ping every N seconds and print the round-trip time to stderr.
-        #[arg(long, value_name = "SECS")]
-        ping_interval: Option<u64>,
-        /// Largest message accepted, in bytes.
-        #[arg(long, default_value_t = 16 << 20)]
+        /// Send a ping this often and print the round-trip time to stderr (seconds, or
+        /// with a unit: 500ms, 30s, 5m; 10ms to 24h).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ping_interval: Option<Duration>,
+        /// Largest message accepted, in bytes (1 to 1 GiB).
+        #[arg(long, default_value_t = 16 << 20, value_parser = parse_size)]
         max_message_size: usize,
         /// Offer permessage-deflate (RFC 7692) compression.
         #[arg(long)]
@@ -89,26 +90,28 @@ enum Command {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// Largest message accepted, in bytes (larger ones are closed with 1009).
-    #[arg(long, default_value_t = 16 << 20)]
+    /// Largest message accepted, in bytes, 1 to 1 GiB (larger ones are closed with 1009).
+    #[arg(long, default_value_t = 16 << 20, value_parser = parse_size)]
     max_message_size: usize,
     /// Most simultaneous connections; more are refused with 503.
-    #[arg(long, default_value_t = 10_000)]
-    max_connections: usize,
-    /// Ping every client every N seconds; drop those that do not answer in time.
-    #[arg(long, value_name = "SECS")]
-    keepalive: Option<u64>,
-    /// Drop clients that send nothing for N seconds.
-    #[arg(long, value_name = "SECS")]
-    idle_timeout: Option<u64>,
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Ping every client this often; drop those that do not answer in time (seconds,
+    /// or with a unit: 500ms, 30s, 5m; 10ms to 24h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    keepalive: Option<Duration>,
+    /// Drop clients that send nothing for this long (as --keepalive).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
     /// Accept only these Origin values (repeatable); others get 403.
     #[arg(long = "allow-origin")]
     allow_origins: Vec<String>,
-    /// Outgoing bytes queued per client before it counts as a slow consumer (closed with 1008).
-    #[arg(long, default_value_t = 8 << 20)]
+    /// Outgoing bytes queued per client before it counts as a slow consumer (closed with
+    /// 1008), 1 to 1 GiB.
+    #[arg(long, default_value_t = 8 << 20, value_parser = parse_size)]
     high_water_mark: usize,
-    /// Size of the shared read buffer, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    /// Size of the shared read buffer, in bytes (1 to 1 GiB; at least 1 KiB is used).
+    #[arg(long, default_value_t = 64 * 1024, value_parser = parse_size)]
     read_buffer_size: usize,
     /// Accept permessage-deflate (RFC 7692) compression when clients offer it.
     #[arg(long)]
@@ -132,18 +135,18 @@ impl ServerArgs {
     }
 
     fn config(&self) -> ServerConfig {
-        let keepalive = self.keepalive.map(Duration::from_secs);
+        let keepalive = self.keepalive;
         ServerConfig {
             engine: Config {
                 max_message_size: self.max_message_size,
                 max_frame_size: self.max_message_size,
                 ping_interval: keepalive,
                 pong_timeout: keepalive.map_or(Duration::from_secs(20), |k| k.max(Duration::from_secs(1))),
-                idle_timeout: self.idle_timeout.map(Duration::from_secs),
+                idle_timeout: self.idle_timeout,
                 deflate: self.deflate.then(|| self.deflate_config(false)),
                 ..Config::default()
             },
-            max_connections: self.max_connections,
+            max_connections: self.max_connections as usize,
             allowed_origins: (!self.allow_origins.is_empty()).then(|| self.allow_origins.clone()),
             high_water_mark: self.high_water_mark,
             read_buffer_size: self.read_buffer_size,
@@ -154,7 +157,7 @@ impl ServerArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new().parse_filters(&cli.log).parse_default_env().format_timestamp_millis().init();
+    env_logger::Builder::new().filter_level(cli.log).parse_default_env().format_timestamp_millis().init();
     match cli.command {
         Command::Relay { listen, server } => {
             let mut cfg = server.config();
@@ -183,7 +186,7 @@ fn main() -> ExitCode {
                 deflate: deflate.then(DeflateConfig::default),
                 ..Config::default()
             };
-            run_client(&url, opts, binary, ping_interval.map(Duration::from_secs))
+            run_client(&url, opts, binary, ping_interval)
         }
         Command::AutobahnClient { url, agent, deflate } => autobahn_client(&url, &agent, deflate),
         Command::Bench { params } => bench(params.resolved()),
@@ -208,7 +211,8 @@ fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &s
     let mut server = match Server::bind(listen, cfg, handler) {
         Ok(s) => s,
         Err(e) => {
-            error!("cannot listen on {listen}: {e}");
+            // Fatal: always on stderr, whatever the log level.
+            eprintln!("error: cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -341,7 +345,9 @@ fn run_client(url: &str, mut opts: ClientOptions, binary: bool, ping_interval: O
             }
             Ok(Some(Event::Pong { rtt: Some(rtt), .. })) => eprintln!("pong: round trip {:.3} ms", rtt.as_secs_f64() * 1e3),
             Ok(Some(Event::Closed(c))) => {
-                eprintln!("closed: {} {:?}{}", c.code(), c.reason(), c.error.as_ref().map_or(String::new(), |e| format!(" ({e})")));
+                let meaning = c.code().meaning().map_or(String::new(), |m| format!(" {m}"));
+                let error = c.error.as_ref().map_or(String::new(), |e| format!(" ({e})"));
+                eprintln!("closed: {}{meaning} {:?}{error}", c.code(), c.reason());
                 let normal = matches!(c.code(), CloseCode::NORMAL | CloseCode::GOING_AWAY | CloseCode::NO_STATUS) && c.error.is_none();
                 return if normal { ExitCode::SUCCESS } else { ExitCode::FAILURE };
             }
@@ -427,4 +433,58 @@ fn autobahn_client(base: &str, agent: &str, deflate: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+// ------------------------------------------------------------------ argument parsers
+
+/// Durations are between these bounds: shorter would ping in a tight loop, longer is a typo.
+const MIN_DURATION: Duration = Duration::from_millis(10);
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Sizes are between 1 byte and this.
+const MAX_SIZE: usize = 1 << 30;
+
+/// A duration: seconds (`30`, `0.5`) or a number with a unit (`500ms`, `30s`, `5m`, `1h`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{s:?} is not a duration (examples: 30, 0.5, 500ms, 30s, 5m)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s, m or h)")),
+    };
+    let d = Duration::try_from_secs_f64(seconds).map_err(|_| format!("{s:?} is not a duration"))?;
+    if d < MIN_DURATION || d > MAX_DURATION {
+        return Err(format!("{s} is out of range: allowed are 10ms to 24h"));
+    }
+    Ok(d)
+}
+
+/// A size in bytes, 1 to 1 GiB.
+fn parse_size(s: &str) -> Result<usize, String> {
+    let n: usize = s.trim().parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if n == 0 || n > MAX_SIZE {
+        return Err(format!("{n} is out of range: allowed are 1 to {MAX_SIZE} bytes"));
+    }
+    Ok(n)
+}
+
+/// A listen address: `HOST:PORT` (names resolved, the first address taken) or `PORT`.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s:?} is not an address to listen on (HOST:PORT or PORT): {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s:?} resolves to no address"))
+}
+
+/// A log level name.
+fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a log level (off, error, warn, info, debug, trace)"))
 }

@@ -68,3 +68,93 @@ fn a_line_that_is_not_utf8_is_sent_with_binary_and_reported_without() {
     assert!(err.contains("line 2 is not valid UTF-8"), "{err}");
     srv.stop();
 }
+
+/// Runs `rfc6455 ARGS` that must be refused before anything starts: exit code 2 and one
+/// clear line on stderr containing `says`.
+fn refused(args: &[&str], says: &str) {
+    let out = Command::new(env!("CARGO_BIN_EXE_rfc6455")).args(args).stdin(Stdio::null()).output().expect("run rfc6455");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    assert!(err.contains(says), "{args:?}: {err}");
+}
+
+/// Regression: zero durations and sizes were accepted and turned into floods (a ping
+/// loop at 79 % CPU, 60,000 pings a second) or closed every first message (1009).
+#[test]
+fn zero_and_absurd_values_are_refused_with_the_allowed_range() {
+    refused(&["relay", "--keepalive", "0"], "allowed are 10ms to 24h");
+    refused(&["relay", "--idle-timeout", "0s"], "allowed are 10ms to 24h");
+    refused(&["relay", "--keepalive", "30 parsecs"], "unknown unit");
+    refused(&["echo", "--max-message-size", "0"], "allowed are 1 to");
+    refused(&["echo", "--max-connections", "0"], "--max-connections");
+    refused(&["client", "--ping-interval", "0", "ws://127.0.0.1:1/"], "allowed are 10ms to 24h");
+    refused(&["--log", "loud", "relay"], "not a log level");
+    refused(&["relay", "--listen", "127.0.0.1:99999"], "not an address to listen on");
+}
+
+/// Durations take fractions and units.
+#[test]
+fn durations_take_fractions_and_units() {
+    let mut srv = Running::start(ServerConfig::default(), Echo);
+    let out = client(&srv.url("/"), &["--ping-interval", "0.05"], b"x\n");
+    assert!(out.status.success(), "{out:?}");
+    let out = client(&srv.url("/"), &["--ping-interval", "50ms"], b"x\n");
+    assert!(out.status.success(), "{out:?}");
+    srv.stop();
+}
+
+/// A URL error names the URL once and does not pretend a connection was tried.
+#[test]
+fn a_bad_url_is_a_url_error() {
+    let out = client("ws://127.0.0.1:9001:9/", &[], b"");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(err.contains("invalid WebSocket URL") && !err.contains("cannot connect"), "{err}");
+    assert_eq!(err.matches("ws://127.0.0.1:9001:9/").count(), 1, "{err}");
+}
+
+/// `--listen PORT` listens on 127.0.0.1:PORT.
+#[test]
+fn a_bare_port_listens_on_loopback() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_rfc6455"))
+        .args(["--log", "error", "echo", "--listen", &port.to_string()])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run rfc6455 echo");
+    let url = format!("ws://127.0.0.1:{port}/");
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut c = loop {
+        match rfc6455::net::Client::connect_url(&url) {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => {
+                let _ = server.kill();
+                panic!("nothing listens on {url}: {e}");
+            }
+        }
+    };
+    c.send_text("on loopback").unwrap();
+    let got = common::net::next_message(&mut c);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(got.1, b"on loopback");
+}
+
+/// The client names the close code's meaning and the reason.
+#[test]
+fn the_client_prints_the_close_code_with_its_meaning() {
+    let mut srv = Running::start(ServerConfig::default(), Echo);
+    // The echo of a 20-byte line is over the client's own limit of 8 bytes: it fails
+    // the connection and says why. (The close code is 1009 when the echo comes first,
+    // 1000 when the end of input closed first; either is named.)
+    let out = client(&srv.url("/"), &["--max-message-size", "8"], b"twenty bytes of text\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(err.contains("closed: 1009 message too big") || err.contains("closed: 1000 normal closure"), "{err}");
+    assert!(err.contains("larger than 8 bytes"), "{err}");
+    srv.stop();
+}

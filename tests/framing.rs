@@ -326,3 +326,27 @@ fn many_fragments_grow_the_buffer_geometrically_up_to_the_limit() {
     assert!(matches!(&events(&mut s)[..], [Event::Binary(b)] if b.len() == n * piece.len()));
     assert!(peak <= limit, "pinned {peak}");
 }
+
+/// Issue 17: a failed connection's close frame says why, readably, within the 123 bytes
+/// a reason may have (before, the peer saw only `1009 ""`).
+#[test]
+fn a_failure_close_carries_a_readable_reason() {
+    let cfg = Config { max_message_size: 1000, max_frame_size: 1000, ..Config::default() };
+    let (mut s, now) = open_server(cfg);
+    s.handle_bytes(now, &client_frame(true, OpCode::Binary, &[0u8; 1001]));
+    let _ = events(&mut s);
+    let frames = parse_frames(&drain_output(&mut s));
+    let (_, op, payload) = frames.last().unwrap();
+    assert_eq!(*op, OpCode::Close);
+    assert_eq!(close_code_of(payload), Some(CloseCode::MESSAGE_TOO_BIG));
+    assert_eq!(std::str::from_utf8(&payload[2..]).unwrap(), "frame larger than 1000 bytes");
+    // Invalid UTF-8 in text: 1007 with its reason.
+    let (mut s, now) = open_server(Config::default());
+    s.handle_bytes(now, &client_frame(true, OpCode::Text, b"ok \xff"));
+    let _ = events(&mut s);
+    let frames = parse_frames(&drain_output(&mut s));
+    let (_, _, payload) = frames.last().unwrap();
+    assert_eq!(close_code_of(payload), Some(CloseCode::INVALID_PAYLOAD));
+    assert_eq!(std::str::from_utf8(&payload[2..]).unwrap(), "invalid UTF-8 in text");
+    assert!(payload.len() <= 125);
+}

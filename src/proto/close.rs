@@ -48,6 +48,29 @@ impl CloseCode {
     pub const fn is_sendable(self) -> bool {
         matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
     }
+
+    /// What the code means, in a few words (the IANA registry's names): "normal
+    /// closure", "message too big" ... `None` for codes without a registered meaning.
+    pub const fn meaning(self) -> Option<&'static str> {
+        Some(match self.0 {
+            1000 => "normal closure",
+            1001 => "going away",
+            1002 => "protocol error",
+            1003 => "unsupported data",
+            1005 => "no status received",
+            1006 => "abnormal closure",
+            1007 => "invalid payload data",
+            1008 => "policy violation",
+            1009 => "message too big",
+            1010 => "mandatory extension",
+            1011 => "internal error",
+            1012 => "service restart",
+            1013 => "try again later",
+            1014 => "bad gateway",
+            1015 => "TLS handshake",
+            _ => return None,
+        })
+    }
 }
 
 impl From<u16> for CloseCode {

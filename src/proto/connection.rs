@@ -868,7 +868,9 @@ impl Connection {
         if matches!(self.phase, Phase::Open) {
             let code = e.close_code();
             if code.is_sendable() {
-                self.send_close(code, "");
+                // The peer reads why (within the 123 bytes a close reason may have).
+                let reason = e.to_string();
+                self.send_close(code, truncate_at_char(&reason, MAX_CLOSE_REASON));
             }
         }
         self.initiator.get_or_insert(Side::Local);
@@ -909,4 +911,13 @@ impl Connection {
         };
         self.emit(Event::Closed(Box::new(closed)));
     }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate_at_char(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

@@ -394,7 +394,8 @@ impl Url {
             let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
             (h, after.strip_prefix(':'))
         } else {
-            match authority.rsplit_once(':') {
+            // Without brackets a host has no colon: `h:9001:9` is a bad port, not a host.
+            match authority.split_once(':') {
                 Some((h, p)) => (h, Some(p)),
                 None => (authority, None),
             }
@@ -796,7 +797,7 @@ mod tests {
         assert_eq!(u.host_header(), "[::1]:9001");
         assert_eq!(Url::parse("wss://h?q").unwrap().resource, "/?q");
         assert!(Url::parse("wss://h").unwrap().secure);
-        for bad in ["http://h/", "ws://h/#f", "ws://u@h/", "ws://:80/", "ws://h:99999/", "ws://h/a b", "h/"] {
+        for bad in ["http://h/", "ws://h/#f", "ws://u@h/", "ws://:80/", "ws://h:99999/", "ws://h/a b", "h/", "ws://h:9001:9/"] {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
     }
