@@ -220,3 +220,18 @@ fn wss_urls_give_the_same_request_as_ws() {
     assert!(request.starts_with("GET /chat HTTP/1.1\r\nHost: example.com\r\n"), "{request}");
     assert_eq!(c.state(), State::Connecting);
 }
+
+/// Issue 17: a browser opening the server's address (plain HTTP, no Upgrade) gets a
+/// readable answer saying what this is, not a bare 400.
+#[test]
+fn a_plain_http_request_is_told_this_is_a_websocket_endpoint() {
+    let now = Instant::now();
+    let mut s = Connection::server(Config::default(), now);
+    s.handle_bytes(now, b"GET /lobby HTTP/1.1\r\nHost: chat.example\r\nAccept: text/html\r\n\r\n");
+    let closed = expect_closed(&events(&mut s));
+    assert_eq!(closed.error, Some(ProtocolError::Handshake(HandshakeError::NotWebSocket)));
+    let out = String::from_utf8(drain_output(&mut s)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{out}");
+    assert!(out.contains("Content-Type: text/plain; charset=utf-8\r\n"), "{out}");
+    assert!(out.contains("WebSocket endpoint") && out.contains("rfc6455 client ws://"), "{out}");
+}

@@ -125,6 +125,9 @@ pub enum HandshakeError {
     BadHeader(&'static str),
     /// `Sec-WebSocket-Version` is not 13 (§4.2.2): 426 with `Sec-WebSocket-Version: 13`.
     UnsupportedVersion,
+    /// A plain HTTP request (no `Upgrade` header): 426, with a body that says this is a
+    /// WebSocket endpoint and how to connect.
+    NotWebSocket,
     /// The connection ended before the handshake completed.
     UnexpectedEof,
     /// The handshake did not complete within [`crate::Config::handshake_timeout`]
@@ -155,7 +158,7 @@ impl HandshakeError {
             HeadTooLarge | TooManyHeaders => 431,
             MethodNotAllowed => 405,
             HttpVersion => 505,
-            UnsupportedVersion => 426,
+            UnsupportedVersion | NotWebSocket => 426,
             Timeout => 408,
             _ => return None,
         })
@@ -173,6 +176,10 @@ impl fmt::Display for HandshakeError {
             HttpVersion => f.write_str("HTTP version below 1.1"),
             BadHeader(what) => write!(f, "bad or missing header: {what}"),
             UnsupportedVersion => f.write_str("unsupported Sec-WebSocket-Version (need 13)"),
+            NotWebSocket => f.write_str(
+                "this is a WebSocket endpoint (RFC 6455), not a web page: connect with a WebSocket client, \
+                 for example `rfc6455 client ws://HOST:PORT/PATH` with this server's address and a room path",
+            ),
             UnexpectedEof => f.write_str("connection closed during the handshake"),
             Timeout => f.write_str("handshake timed out"),
             Status { status, .. } => write!(f, "server answered HTTP {status} instead of 101"),

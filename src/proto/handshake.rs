@@ -168,7 +168,11 @@ pub(crate) fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, 
     if count(&headers, "host") != 1 {
         return Err(HandshakeError::BadHeader("Host"));
     }
-    // Item 3: Upgrade includes "websocket" (case-insensitive).
+    // Item 3: Upgrade includes "websocket" (case-insensitive). No Upgrade at all is a
+    // plain HTTP request (a browser opening the address): it gets told what this is.
+    if header(&headers, "upgrade").is_none() {
+        return Err(HandshakeError::NotWebSocket);
+    }
     if !has_token(&headers, "upgrade", "websocket") {
         return Err(HandshakeError::BadHeader("Upgrade"));
     }
@@ -350,6 +354,9 @@ pub(crate) fn write_rejection(out: &mut Vec<u8>, reject: &Reject) -> Result<(), 
     }
     for (n, v) in headers {
         out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    if !body.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+        out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
     }
     out.extend_from_slice(format!("Connection: close\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
     out.extend_from_slice(body);
