@@ -67,6 +67,8 @@ enum Command {
         /// Offer permessage-deflate (RFC 7692) compression.
         #[arg(long)]
         deflate: bool,
+        #[command(flatten)]
+        session: Session,
     },
     /// Load generator: echo throughput and round trips, relay fan-out, idle connections.
     Bench {
@@ -171,7 +173,7 @@ fn main() -> ExitCode {
             serve(listen, cfg, relay, "relay")
         }
         Command::Echo { listen, server } => serve(listen, server.config(), Echo, "echo"),
-        Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate } => {
+        Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate, session } => {
             let request = match client_request(&url, protocols, headers, origin) {
                 Ok(r) => r,
                 Err(e) => {
@@ -186,7 +188,8 @@ fn main() -> ExitCode {
                 deflate: deflate.then(DeflateConfig::default),
                 ..Config::default()
             };
-            run_client(&url, opts, binary, ping_interval)
+            opts.config.ping_interval = ping_interval;
+            run_client(&url, opts, binary, session)
         }
         Command::AutobahnClient { url, agent, deflate } => autobahn_client(&url, &agent, deflate),
         Command::Bench { params } => bench(params.resolved()),
@@ -237,7 +240,7 @@ fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &s
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("server failed: {e}");
+            eprintln!("error: server failed: {e}");
             ExitCode::FAILURE
         }
     }
@@ -261,21 +264,29 @@ fn client_request(url: &str, protocols: Vec<String>, headers: Vec<String>, origi
     Ok(req)
 }
 
-fn run_client(url: &str, mut opts: ClientOptions, binary: bool, ping_interval: Option<Duration>) -> ExitCode {
-    opts.config.ping_interval = ping_interval;
-    let mut client = match Client::connect(opts) {
-        Ok(c) => c,
-        Err(e) => {
-            // The message names the HTTP status of a refused handshake.
-            eprintln!("error: cannot connect to {url}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    eprintln!("connected to {url} ({})", client.peer_addr());
-    // Lines as bytes: in text mode a line that is not UTF-8 is reported and skipped,
-    // with --binary any bytes go through; end of input (or a read error) is `None`.
-    let (tx, rx) = mpsc::channel::<Option<(usize, Vec<u8>)>>();
-    let waker = client.waker();
+/// How an interactive or scripted client session ends and what it says.
+#[derive(Args, Clone, Copy)]
+struct Session {
+    /// Close (1000) and exit after receiving this many messages.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Print only received messages and errors (no connection, close or pong lines).
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+/// What the client's input threads report.
+enum Input {
+    /// A line of standard input (its number, its bytes without the line end).
+    Line(usize, Vec<u8>),
+    /// End of standard input (or a read error, reported already).
+    End,
+    /// SIGINT or SIGTERM (Ctrl-C): close with 1000; a second one exits at once.
+    Interrupt,
+}
+
+/// Reads standard input line by line (as bytes) on its own thread.
+fn spawn_stdin_reader(tx: mpsc::Sender<Input>, waker: rfc6455::net::ClientWaker) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         for number in 1.. {
@@ -294,61 +305,118 @@ fn run_client(url: &str, mut opts: ClientOptions, binary: bool, ping_interval: O
                     line.pop();
                 }
             }
-            if tx.send(Some((number, line))).is_err() {
+            if tx.send(Input::Line(number, line)).is_err() {
                 return;
             }
             let _ = waker.wake();
         }
-        let _ = tx.send(None);
+        let _ = tx.send(Input::End);
         let _ = waker.wake();
     });
-    let stdout = std::io::stdout();
+}
+
+/// Turns Ctrl-C into a clean close: the first signal asks for it, a second exits now.
+fn spawn_interrupt_watcher(tx: mpsc::Sender<Input>, waker: rfc6455::net::ClientWaker) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else { return };
+    std::thread::spawn(move || {
+        for (seen, sig) in signals.forever().enumerate() {
+            if seen > 0 {
+                eprintln!("second interrupt: exiting without closing");
+                std::process::exit(128 + sig);
+            }
+            let _ = tx.send(Input::Interrupt);
+            let _ = waker.wake();
+        }
+    });
+}
+
+/// Sends one line of input: any bytes with `--binary`, otherwise valid UTF-8 only.
+fn send_line(client: &mut Client, binary: bool, number: usize, line: &[u8]) {
+    let sent = if binary {
+        client.send_binary(line)
+    } else {
+        match std::str::from_utf8(line) {
+            Ok(text) => client.send_text(text),
+            Err(_) => {
+                eprintln!("error: line {number} is not valid UTF-8: skipped (--binary sends any bytes)");
+                return;
+            }
+        }
+    };
+    if let Err(e) = sent {
+        eprintln!("error: cannot send: {e}");
+    }
+}
+
+/// Prints a received message on stdout, one per line; on a terminal it is marked so it
+/// does not mix with what is being typed.
+fn print_message(data: &[u8], marked: bool) {
+    let mut out = std::io::stdout().lock();
+    if marked {
+        let _ = out.write_all(b"< ");
+    }
+    let _ = out.write_all(data);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+fn run_client(url: &str, opts: ClientOptions, binary: bool, session: Session) -> ExitCode {
+    let mut client = match Client::connect(opts) {
+        Ok(c) => c,
+        Err(e) => {
+            // The message names the HTTP status of a refused handshake.
+            eprintln!("error: cannot connect to {url}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let say = |line: String| {
+        if !session.quiet {
+            eprintln!("{line}");
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    spawn_stdin_reader(tx.clone(), client.waker());
+    spawn_interrupt_watcher(tx, client.waker());
+    say(format!("connected to {url} ({})", client.peer_addr()));
+    let marked = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut received = 0u64;
     let mut closing = false;
     loop {
-        while let Ok(msg) = rx.try_recv() {
-            match msg {
-                Some((number, line)) if !closing => {
-                    let sent = if binary {
-                        client.send_binary(&line)
-                    } else {
-                        match std::str::from_utf8(&line) {
-                            Ok(text) => client.send_text(text),
-                            Err(_) => {
-                                eprintln!("error: line {number} is not valid UTF-8: skipped (--binary sends any bytes)");
-                                continue;
-                            }
-                        }
-                    };
-                    if let Err(e) = sent {
-                        eprintln!("error: cannot send: {e}");
-                    }
-                }
-                Some(_) => {}
-                None if !closing => {
+        while let Ok(input) = rx.try_recv() {
+            match input {
+                Input::Line(number, line) if !closing => send_line(&mut client, binary, number, &line),
+                Input::End | Input::Interrupt if !closing => {
+                    // After what was sent; what comes back before the server's close is printed.
                     closing = true;
                     let _ = client.close(CloseCode::NORMAL, "");
                 }
-                None => {}
+                _ => {}
             }
         }
         match client.next_event(None) {
-            Ok(Some(Event::Text(t))) => {
-                let mut out = stdout.lock();
-                let _ = writeln!(out, "{t}");
-                let _ = out.flush();
+            Ok(Some(Event::Text(t))) if session.count.is_none_or(|n| received < n) => {
+                print_message(t.as_bytes(), marked);
+                received += 1;
             }
-            Ok(Some(Event::Binary(b))) => {
-                let mut out = stdout.lock();
-                let _ = out.write_all(&b);
-                let _ = out.write_all(b"\n");
-                let _ = out.flush();
+            Ok(Some(Event::Binary(b))) if session.count.is_none_or(|n| received < n) => {
+                print_message(&b, marked);
+                received += 1;
             }
-            Ok(Some(Event::Pong { rtt: Some(rtt), .. })) => eprintln!("pong: round trip {:.3} ms", rtt.as_secs_f64() * 1e3),
+            Ok(Some(Event::Pong { rtt: Some(rtt), .. })) => say(format!("pong: round trip {:.3} ms", rtt.as_secs_f64() * 1e3)),
             Ok(Some(Event::Closed(c))) => {
                 let meaning = c.code().meaning().map_or(String::new(), |m| format!(" {m}"));
-                let error = c.error.as_ref().map_or(String::new(), |e| format!(" ({e})"));
-                eprintln!("closed: {}{meaning} {:?}{error}", c.code(), c.reason());
                 let normal = matches!(c.code(), CloseCode::NORMAL | CloseCode::GOING_AWAY | CloseCode::NO_STATUS) && c.error.is_none();
+                let line = match &c.error {
+                    Some(e) => format!("closed: {}{meaning} {:?} ({e})", c.code(), c.reason()),
+                    None => format!("closed: {}{meaning} {:?}", c.code(), c.reason()),
+                };
+                // An abnormal end is an error: printed even when quiet.
+                if normal {
+                    say(line)
+                } else {
+                    eprintln!("{line}")
+                }
                 return if normal { ExitCode::SUCCESS } else { ExitCode::FAILURE };
             }
             Ok(_) => {}
@@ -356,6 +424,10 @@ fn run_client(url: &str, mut opts: ClientOptions, binary: bool, ping_interval: O
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
+        }
+        if session.count.is_some_and(|n| received >= n) && !closing {
+            closing = true;
+            let _ = client.close(CloseCode::NORMAL, "");
         }
     }
 }

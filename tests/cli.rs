@@ -158,3 +158,111 @@ fn the_client_prints_the_close_code_with_its_meaning() {
     assert!(err.contains("larger than 8 bytes"), "{err}");
     srv.stop();
 }
+
+/// Starts `rfc6455 client ARGS URL` with stdin kept open (an interactive session).
+fn interactive(url: &str, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_rfc6455"))
+        .args(["--log", "error", "client"])
+        .args(args)
+        .arg(url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run rfc6455 client")
+}
+
+/// Waits (bounded) for a child to exit; kills it and fails the test otherwise.
+fn wait_bounded(child: std::process::Child) -> Output {
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()).unwrap());
+    match rx.recv_timeout(WAIT) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+            panic!("rfc6455 client did not exit within {WAIT:?}");
+        }
+    }
+}
+
+/// `--count N` closes and exits after N messages, with stdin still open.
+#[test]
+fn count_exits_after_n_messages() {
+    let mut srv = Running::start(ServerConfig::default(), Echo);
+    let mut child = interactive(&srv.url("/"), &["--count", "2", "--quiet"]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"one\ntwo\nthree\n").unwrap();
+    let out = wait_bounded(child);
+    drop(stdin);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "--quiet prints nothing else");
+    srv.stop();
+}
+
+/// Ctrl-C (SIGINT) closes with 1000 and exits 0.
+#[test]
+fn an_interrupt_closes_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let mut srv = Running::start(ServerConfig::default(), Echo);
+    let mut child = interactive(&srv.url("/"), &[]);
+    let stdin = child.stdin.take().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("connected to"), "{line}");
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = wait_bounded(child);
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(out.status.success(), "{out:?} {rest}");
+    assert!(rest.contains("closed: 1000 normal closure"), "{rest}");
+    srv.stop();
+}
+
+/// Fatal errors reach stderr in the client's `error: ...` style whatever the log level.
+#[test]
+fn a_fatal_error_is_printed_even_with_logging_off() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_rfc6455"))
+        .args(["--log", "off", "echo", "--listen", &addr])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(err.starts_with(&format!("error: cannot listen on {addr}")), "{err}");
+}
+
+/// `--listen localhost:PORT` resolves the name.
+#[test]
+fn a_listen_address_may_be_a_name() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rfc6455"))
+        .args(["echo", "--listen", "nonexistent.invalid:9001"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unresolvable name is refused by the parser: {out:?}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_rfc6455"))
+        .args(["--log", "error", "echo", "--listen", &format!("localhost:{port}")])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let connected = loop {
+        // localhost may resolve to ::1 or 127.0.0.1 first: either is fine.
+        let ok = ["127.0.0.1", "[::1]"].iter().any(|h| rfc6455::net::Client::connect_url(&format!("ws://{h}:{port}/")).is_ok());
+        if ok || std::time::Instant::now() >= deadline {
+            break ok;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(connected, "nothing listened on localhost:{port}");
+}
