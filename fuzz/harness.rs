@@ -202,7 +202,13 @@ fn check_messages(w: &Watch, cfg: &Config) {
     for e in &w.events {
         match e {
             Event::Binary(b) => assert!(b.len() <= cfg.max_message_size),
-            Event::Text(t) => assert!(t.len() <= cfg.max_message_size),
+            Event::Text(t) => {
+                assert!(t.len() <= cfg.max_message_size);
+                // The message layer builds text without a second UTF-8 pass (its one
+                // `unsafe`): check every string it produced the slow way.
+                assert!(std::str::from_utf8(t.as_bytes()).is_ok(), "invalid UTF-8 in a Text event: {:x?}", t.as_bytes());
+            }
+            Event::Frame { data, .. } => assert!(data.len() <= cfg.max_message_size),
             Event::Closed(c) => {
                 if let Some(err) = &c.error {
                     let code = err.close_code();
