@@ -12,28 +12,11 @@ use std::sync::mpsc;
 use common::net::{Running, WAIT};
 use rfc6455::net::{Echo, ServerConfig};
 
-/// Runs `rfc6455 client ARGS URL` with `input` on stdin; bounded by `WAIT`.
+/// Runs `rfc6455 client ARGS URL` with `input` on stdin, then end of input; bounded by `WAIT`.
 fn client(url: &str, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rfc6455"))
-        .args(["--log", "error", "client"])
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run rfc6455 client");
+    let mut child = interactive(url, args);
     child.stdin.take().unwrap().write_all(input).unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()).unwrap());
-    match rx.recv_timeout(WAIT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").arg(pid.to_string()).status();
-            panic!("rfc6455 client did not exit within {WAIT:?}");
-        }
-    }
+    wait_bounded(child)
 }
 
 /// Regression: at end of input the client closed at once and the engine dropped the
