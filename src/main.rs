@@ -16,9 +16,10 @@ use rfc6455::{ClientRequest, CloseCode, Config, DeflateConfig, Event};
 #[derive(Parser)]
 #[command(name = "rfc6455", version, about = "WebSocket (RFC 6455) relay, echo server and client")]
 struct Cli {
-    /// Log level (off, error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info", value_parser = parse_log_level)]
-    log: log::LevelFilter,
+    /// Log level (off, error, warn, info, debug, trace) or module=level filters, as
+    /// RUST_LOG takes them; RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", value_parser = parse_log_filter)]
+    log: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,7 +160,7 @@ impl ServerArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new().filter_level(cli.log).parse_default_env().format_timestamp_millis().init();
+    env_logger::Builder::new().parse_filters(&cli.log).parse_default_env().format_timestamp_millis().init();
     match cli.command {
         Command::Relay { listen, server } => {
             let mut cfg = server.config();
@@ -264,10 +265,16 @@ fn client_request(url: &str, protocols: Vec<String>, headers: Vec<String>, origi
     Ok(req)
 }
 
+/// Input lines waiting for the socket, at most.
+const INPUT_QUEUE: usize = 256;
+/// Input lines sent per loop turn before the socket is read again.
+const INPUT_BATCH: usize = 64;
+
 /// How an interactive or scripted client session ends and what it says.
 #[derive(Args, Clone, Copy)]
 struct Session {
-    /// Close (1000) and exit after receiving this many messages.
+    /// Close (1000) and exit after receiving this many messages (end of input does not
+    /// close the connection then; Ctrl-C does).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
     /// Print only received messages and errors (no connection, close or pong lines).
@@ -286,7 +293,7 @@ enum Input {
 }
 
 /// Reads standard input line by line (as bytes) on its own thread.
-fn spawn_stdin_reader(tx: mpsc::Sender<Input>, waker: rfc6455::net::ClientWaker) {
+fn spawn_stdin_reader(tx: mpsc::SyncSender<Input>, waker: rfc6455::net::ClientWaker) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         for number in 1.. {
@@ -316,7 +323,7 @@ fn spawn_stdin_reader(tx: mpsc::Sender<Input>, waker: rfc6455::net::ClientWaker)
 }
 
 /// Turns Ctrl-C into a clean close: the first signal asks for it, a second exits now.
-fn spawn_interrupt_watcher(tx: mpsc::Sender<Input>, waker: rfc6455::net::ClientWaker) {
+fn spawn_interrupt_watcher(tx: mpsc::SyncSender<Input>, waker: rfc6455::net::ClientWaker) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else { return };
     std::thread::spawn(move || {
@@ -375,7 +382,8 @@ fn run_client(url: &str, opts: ClientOptions, binary: bool, session: Session) ->
             eprintln!("{line}");
         }
     };
-    let (tx, rx) = mpsc::channel();
+    // Bounded: a fast pipe waits for the socket instead of queueing without limit.
+    let (tx, rx) = mpsc::sync_channel(INPUT_QUEUE);
     spawn_stdin_reader(tx.clone(), client.waker());
     spawn_interrupt_watcher(tx, client.waker());
     say(format!("connected to {url} ({})", client.peer_addr()));
@@ -383,9 +391,16 @@ fn run_client(url: &str, opts: ClientOptions, binary: bool, session: Session) ->
     let mut received = 0u64;
     let mut closing = false;
     loop {
-        while let Ok(input) = rx.try_recv() {
+        // A batch of input per turn, then the socket: replies are read while a large
+        // input is still being sent (the server's backlog for us stays small).
+        let mut backlog = false;
+        for _ in 0..INPUT_BATCH {
+            let Ok(input) = rx.try_recv() else { break };
+            backlog = true;
             match input {
                 Input::Line(number, line) if !closing => send_line(&mut client, binary, number, &line),
+                // With --count the messages decide when to stop, not the end of input.
+                Input::End if session.count.is_some() => {}
                 Input::End | Input::Interrupt if !closing => {
                     // After what was sent; what comes back before the server's close is printed.
                     closing = true;
@@ -394,7 +409,8 @@ fn run_client(url: &str, opts: ClientOptions, binary: bool, session: Session) ->
                 _ => {}
             }
         }
-        match client.next_event(None) {
+        let wait = if backlog { Some(Duration::from_millis(1)) } else { None };
+        match client.next_event(wait) {
             Ok(Some(Event::Text(t))) if session.count.is_none_or(|n| received < n) => {
                 print_message(t.as_bytes(), marked);
                 received += 1;
@@ -556,7 +572,12 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{s:?} resolves to no address"))
 }
 
-/// A log level name.
-fn parse_log_level(s: &str) -> Result<log::LevelFilter, String> {
-    s.parse().map_err(|_| format!("{s:?} is not a log level (off, error, warn, info, debug, trace)"))
+/// A log filter: a level, or comma-separated `module=level` directives (as `RUST_LOG`).
+fn parse_log_filter(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not a log level (off, error, warn, info, debug, trace) or module=level list");
+    for directive in s.split(',') {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        level.trim().parse::<log::LevelFilter>().map_err(|_| bad())?;
+    }
+    Ok(s.to_owned())
 }

@@ -15,8 +15,16 @@ use rfc6455::net::{Echo, ServerConfig};
 /// Runs `rfc6455 client ARGS URL` with `input` on stdin, then end of input; bounded by `WAIT`.
 fn client(url: &str, args: &[&str], input: &[u8]) -> Output {
     let mut child = interactive(url, args);
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    wait_bounded(child)
+    // Written from its own thread: the child's stdout is read only by `wait_bounded`,
+    // and a large input would otherwise block on a full pipe both ways.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = wait_bounded(child);
+    writer.join().unwrap();
+    out
 }
 
 /// Regression: at end of input the client closed at once and the engine dropped the
@@ -248,4 +256,41 @@ fn a_listen_address_may_be_a_name() {
     let _ = server.kill();
     let _ = server.wait();
     assert!(connected, "nothing listened on localhost:{port}");
+}
+
+/// A large piped input is interleaved with reading the replies: nothing piles up on the
+/// server (which would close a client whose backlog passed its high-water mark).
+#[test]
+fn a_large_piped_input_comes_back_whole() {
+    let mut srv = Running::start(ServerConfig::default(), Echo);
+    let line = "x".repeat(999);
+    let input: String = (0..12_000).map(|_| format!("{line}\n")).collect();
+    let out = client(&srv.url("/"), &["--quiet"], input.as_bytes());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), input.len());
+    srv.stop();
+}
+
+/// With `--count`, the end of input does not end the session: the messages do.
+#[test]
+fn count_waits_for_its_messages_after_end_of_input() {
+    let mut srv = Running::start(ServerConfig::default(), Echo);
+    let out = client(&srv.url("/"), &["--count", "2"], b"one\ntwo\n");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    srv.stop();
+}
+
+/// `--log` takes module filters as RUST_LOG does, and refuses nonsense.
+#[test]
+fn log_takes_module_filters() {
+    // Accepted: the run goes as far as listening (on a busy port: exit 1, not a usage error).
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_rfc6455")).args(["--log", "rfc6455=debug,warn", "echo", "--listen", &addr]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_rfc6455")).args(["--log", "rfc6455=loud", "echo", "--listen", &addr]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a log level"), "{out:?}");
 }

@@ -233,5 +233,6 @@ fn a_plain_http_request_is_told_this_is_a_websocket_endpoint() {
     let out = String::from_utf8(drain_output(&mut s)).unwrap();
     assert!(out.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{out}");
     assert!(out.contains("Content-Type: text/plain; charset=utf-8\r\n"), "{out}");
-    assert!(out.contains("WebSocket endpoint") && out.contains("rfc6455 client ws://"), "{out}");
+    assert!(out.contains("WebSocket endpoint") && out.contains("ws://HOST:PORT/PATH"), "{out}");
+    assert!(out.contains("Connection: Upgrade, close\r\n"), "426 names the upgrade in Connection: {out}");
 }

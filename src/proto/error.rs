@@ -177,8 +177,8 @@ impl fmt::Display for HandshakeError {
             BadHeader(what) => write!(f, "bad or missing header: {what}"),
             UnsupportedVersion => f.write_str("unsupported Sec-WebSocket-Version (need 13)"),
             NotWebSocket => f.write_str(
-                "this is a WebSocket endpoint (RFC 6455), not a web page: connect with a WebSocket client, \
-                 for example `rfc6455 client ws://HOST:PORT/PATH` with this server's address and a room path",
+                "this is a WebSocket endpoint (RFC 6455), not a web page: connect with a WebSocket client \
+                 to ws://HOST:PORT/PATH, this server's address and path",
             ),
             UnexpectedEof => f.write_str("connection closed during the handshake"),
             Timeout => f.write_str("handshake timed out"),

@@ -168,9 +168,9 @@ pub(crate) fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, 
     if count(&headers, "host") != 1 {
         return Err(HandshakeError::BadHeader("Host"));
     }
-    // Item 3: Upgrade includes "websocket" (case-insensitive). No Upgrade at all is a
-    // plain HTTP request (a browser opening the address): it gets told what this is.
-    if header(&headers, "upgrade").is_none() {
+    // Item 3: Upgrade includes "websocket" (case-insensitive). Neither Upgrade nor a
+    // key is a plain HTTP request (a browser opening the address): it is told what this is.
+    if header(&headers, "upgrade").is_none() && header(&headers, "sec-websocket-key").is_none() {
         return Err(HandshakeError::NotWebSocket);
     }
     if !has_token(&headers, "upgrade", "websocket") {
@@ -358,7 +358,9 @@ pub(crate) fn write_rejection(out: &mut Vec<u8>, reject: &Reject) -> Result<(), 
     if !body.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
         out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
     }
-    out.extend_from_slice(format!("Connection: close\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+    // RFC 9110 §7.8: a response that names an Upgrade lists it in Connection too.
+    let connection = if status == 426 { "Upgrade, close" } else { "close" };
+    out.extend_from_slice(format!("Connection: {connection}\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
     out.extend_from_slice(body);
     Ok(())
 }
@@ -399,7 +401,10 @@ impl Url {
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-            (h, after.strip_prefix(':'))
+            match after {
+                "" => (h, None),
+                _ => (h, Some(after.strip_prefix(':').ok_or_else(|| bad("invalid port"))?)),
+            }
         } else {
             // Without brackets a host has no colon: `h:9001:9` is a bad port, not a host.
             match authority.split_once(':') {
@@ -804,7 +809,9 @@ mod tests {
         assert_eq!(u.host_header(), "[::1]:9001");
         assert_eq!(Url::parse("wss://h?q").unwrap().resource, "/?q");
         assert!(Url::parse("wss://h").unwrap().secure);
-        for bad in ["http://h/", "ws://h/#f", "ws://u@h/", "ws://:80/", "ws://h:99999/", "ws://h/a b", "h/", "ws://h:9001:9/"] {
+        for bad in
+            ["http://h/", "ws://h/#f", "ws://u@h/", "ws://:80/", "ws://h:99999/", "ws://h/a b", "h/", "ws://h:9001:9/", "ws://[::1]9001/"]
+        {
             assert!(Url::parse(bad).is_err(), "{bad}");
         }
     }
