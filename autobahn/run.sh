@@ -1,24 +1,30 @@
 #!/bin/sh
-# Runs the Autobahn|Testsuite against rfc6455 and checks the verdicts.
+# Runs the Autobahn|Testsuite against rfc6455's drivers and checks the verdicts.
 #
-#   autobahn/run.sh server   wstest (fuzzingclient) against `rfc6455 echo`
-#   autobahn/run.sh client   our client (`rfc6455 autobahn-client`) against wstest (fuzzingserver)
-#   autobahn/run.sh          both
+#   autobahn/run.sh server            wstest (fuzzingclient) against `rfc6455 echo` (mio loop)
+#   autobahn/run.sh client            our client (`rfc6455 autobahn-client`) against wstest (fuzzingserver)
+#   autobahn/run.sh tokio-server      ... against examples/tokio_echo (tokio driver)
+#   autobahn/run.sh hyper-server      ... against examples/hyper_echo (hyper upgrade + tokio driver)
+#   autobahn/run.sh blocking-server   ... against examples/blocking_echo (blocking std driver)
+#   autobahn/run.sh tokio-client      examples/tokio_autobahn_client against wstest (fuzzingserver)
+#   autobahn/run.sh                   all of them (several sides may be named at once)
 #
-# Installs wstest first (autobahn/install.sh, cached), builds the release binary,
-# writes reports to autobahn/reports/{server,client}/, prints a summary, and exits
-# nonzero if any case is not OK, except those listed in autobahn/expected.txt.
+# Installs wstest first (autobahn/install.sh, cached), builds the release binary and
+# examples, writes reports to autobahn/reports/SIDE/, prints a summary, and exits
+# nonzero if any case is not OK, except those listed in autobahn/expected.txt (its
+# SIDE column: server, client or both; the driver sides count as server or client).
 # AUTOBAHN_CASES picks the cases (comma-separated globs). The default is what CI runs:
-# sections 1-11 in full and a representative compression subset (12.1, 12.2, 13.1,
-# 13.7; wstest spends about 2 s per compression case). AUTOBAHN_CASES='*' runs all.
+# sections 1-7, 9 and 10 in full and a representative compression subset (12.1, 12.2,
+# 13.1, 13.7; wstest spends about 2 s per compression case). AUTOBAHN_CASES='*' runs all.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-sides=${1:-all}
-[ "$sides" = all ] && sides="server client"
+sides=${*:-all}
+[ "$sides" = all ] && sides="server client tokio-server hyper-server blocking-server tokio-client"
 wstest=$(sh "$here/install.sh")
-(cd "$root" && cargo build --release --quiet)
+(cd "$root" && cargo build --release --quiet && cargo build --release --quiet --examples)
 bin="$root/target/release/rfc6455"
+examples="$root/target/release/examples"
 cases=${AUTOBAHN_CASES:-1.*,2.*,3.*,4.*,5.*,6.*,7.*,9.*,10.*,12.1.*,12.2.*,13.1.*,13.7.*}
 cases_json=$(printf '%s' "$cases" | python3 -c 'import json,sys; print(json.dumps(sys.stdin.read().split(",")))')
 
@@ -49,31 +55,39 @@ for side in $sides; do
   rm -rf "$here/reports/$side"
   start=$(date +%s)
   case $side in
-  server)
+  server | tokio-server | hyper-server | blocking-server)
+    case $side in
     # The binary's defaults (16 MiB messages pass 9.x); only --deflate for 12.x and 13.x.
-    "$bin" --log warn echo --listen "127.0.0.1:$port" --deflate >"$work/server.log" 2>&1 &
+    server) "$bin" --log warn echo --listen "127.0.0.1:$port" --deflate >"$work/server.log" 2>&1 & ;;
+    tokio-server) "$examples/tokio_echo" "127.0.0.1:$port" >"$work/server.log" 2>&1 & ;;
+    hyper-server) "$examples/hyper_echo" "127.0.0.1:$port" >"$work/server.log" 2>&1 & ;;
+    blocking-server) "$examples/blocking_echo" "127.0.0.1:$port" >"$work/server.log" 2>&1 & ;;
+    esac
     pid=$!
     wait_port "$port"
     sed -e "s#ws://127.0.0.1:9002#ws://127.0.0.1:$port#" -e "s#\"cases\": \[\"\*\"\]#\"cases\": $cases_json#" \
-      -e "s#\"./reports/server\"#\"$here/reports/server\"#" "$here/fuzzingclient.json" >"$work/spec.json"
+      -e "s#\"./reports/server\"#\"$here/reports/$side\"#" "$here/fuzzingclient.json" >"$work/spec.json"
     (cd "$work" && "$wstest" -m fuzzingclient -s spec.json >"$work/wstest.log" 2>&1) || { tail -20 "$work/wstest.log"; status=1; }
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     pid=
     ;;
-  client)
+  client | tokio-client)
     sed -e "s#ws://127.0.0.1:9001#ws://127.0.0.1:$port#" -e "s#\"cases\": \[\"\*\"\]#\"cases\": $cases_json#" \
-      -e "s#\"./reports/client\"#\"$here/reports/client\"#" "$here/fuzzingserver.json" >"$work/spec.json"
+      -e "s#\"./reports/client\"#\"$here/reports/$side\"#" "$here/fuzzingserver.json" >"$work/spec.json"
     (cd "$work" && exec "$wstest" -m fuzzingserver -s spec.json >"$work/wstest.log" 2>&1) &
     pid=$!
     wait_port "$port"
-    "$bin" --log warn autobahn-client --url "ws://127.0.0.1:$port" --agent rfc6455 --deflate || status=1
+    case $side in
+    client) "$bin" --log warn autobahn-client --url "ws://127.0.0.1:$port" --agent rfc6455 --deflate || status=1 ;;
+    tokio-client) "$examples/tokio_autobahn_client" "ws://127.0.0.1:$port" rfc6455-tokio 2>"$work/client.log" || { tail -5 "$work/client.log"; status=1; } ;;
+    esac
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     pid=
     ;;
   *)
-    echo "usage: $0 [server|client|all]" >&2
+    echo "usage: $0 [server|client|tokio-server|hyper-server|blocking-server|tokio-client ...]" >&2
     exit 2
     ;;
   esac

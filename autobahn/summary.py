@@ -3,7 +3,7 @@
 
 Prints the count of each verdict and the ids of every case that is not OK, and exits
 nonzero if a case is not OK unless autobahn/expected.txt lists it (with a reason).
-Usage: summary.py REPORT_DIR SIDE [EXPECTATIONS_FILE]
+Usage: summary.py REPORT_DIR SIDE [EXPECTATIONS_FILE]  (SIDE: server, client, tokio-server ...)
 """
 import fnmatch
 import json
@@ -37,6 +37,8 @@ def load_expectations(path):
 
 def main():
     report_dir, side = sys.argv[1], sys.argv[2]
+    # tokio-server, hyper-server ... are checked against the server expectations.
+    kind = "client" if side.endswith("client") else "server"
     expectations = load_expectations(sys.argv[3] if len(sys.argv) > 3 else None)
     with open(os.path.join(report_dir, "index.json")) as f:
         index = json.load(f)
@@ -55,7 +57,7 @@ def main():
                 continue
             if verdict in INFORMATIONAL_OK:
                 continue
-            allowed = [e for e in expectations if e[0] in (side, "both") and fnmatch.fnmatch(case_id, e[1]) and e[2] == verdict]
+            allowed = [e for e in expectations if e[0] in (kind, "both") and fnmatch.fnmatch(case_id, e[1]) and e[2] == verdict]
             (expected if allowed else unexpected).append("%s %s/%s (%d ms)" % (case_id, verdict, close, r.get("duration", 0)))
         total = sum(counts.values())
         order = ["OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "WRONG CODE", "UNCLEAN", "FAILED"]

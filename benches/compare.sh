@@ -10,9 +10,11 @@
 # target/bench/compare.md. With SYSCALLS=1 it also counts the servers' syscalls per
 # echoed message with `strace -c` (slower; counts, not speed).
 #
-# Servers: rfc6455 (echo, relay); tokio-tungstenite (echo, relay) and fastwebsockets
-# (echo), each on a single-threaded tokio runtime; and a raw TCP reflector that answers
-# the handshake and writes back what it reads (the syscall floor, no frame work).
+# Servers: rfc6455 (echo, relay: the mio loop); rfc6455's tokio driver
+# (examples/tokio_echo), tokio-tungstenite (echo, relay) and fastwebsockets (echo),
+# each on a single-threaded tokio runtime; and a raw TCP reflector that answers the
+# handshake and writes back what it reads (the syscall floor, no frame work).
+# SCENARIOS=echo-16B,echo-64KiB runs only those (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -22,6 +24,7 @@ mkdir -p "$out"
 ulimit -n 65536 2>/dev/null || true
 
 cargo build --release --quiet
+cargo build --release --quiet --example tokio_echo
 (cd benches/peers && cargo build --release --quiet)
 ours=target/release/rfc6455
 peers=benches/peers/target/release
@@ -46,6 +49,7 @@ start_server() {
   case $name in
   rfc6455-echo) $pin_server $ours --log warn echo --listen 127.0.0.1:$port --max-message-size 67108864 & ;;
   rfc6455-relay) $pin_server $ours --log warn relay --listen 127.0.0.1:$port & ;;
+  rfc6455-tokio-echo) $pin_server target/release/examples/tokio_echo 127.0.0.1:$port --single-thread >/dev/null 2>&1 & ;;
   tungstenite-echo) $pin_server $peers/tungstenite_server 127.0.0.1:$port echo 2>/dev/null & ;;
   tungstenite-relay) $pin_server $peers/tungstenite_server 127.0.0.1:$port relay 2>/dev/null & ;;
   fastwebsockets-echo) $pin_server $peers/fastws_echo 127.0.0.1:$port 2>/dev/null & ;;
@@ -66,6 +70,7 @@ results=$out/results.tsv
 scenario() {
   local scen=$1 servers=$2
   shift 2
+  case ",${SCENARIOS:-$scen}," in *",$scen,"*) ;; *) return 0 ;; esac
   for run in $(seq "$runs"); do
     for srv in $servers; do
       local port
@@ -90,8 +95,8 @@ scenario() {
   done
 }
 
-scenario echo-16B "rfc6455-echo fastwebsockets-echo tungstenite-echo tcp-floor" echo -c 64 -n 16 -s 16
-scenario echo-64KiB "rfc6455-echo fastwebsockets-echo tungstenite-echo tcp-floor" echo -c 16 -n 4 -s 65536 --binary
+scenario echo-16B "rfc6455-echo rfc6455-tokio-echo fastwebsockets-echo tungstenite-echo tcp-floor" echo -c 64 -n 16 -s 16
+scenario echo-64KiB "rfc6455-echo rfc6455-tokio-echo fastwebsockets-echo tungstenite-echo tcp-floor" echo -c 16 -n 4 -s 65536 --binary
 scenario relay-100 "rfc6455-relay tungstenite-relay" relay -c 100 -n 16 -s 64
 scenario idle-10k "rfc6455-relay tungstenite-relay" idle -c 10000
 
@@ -114,22 +119,26 @@ cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l
 out = []
 out.append("Measured %s on %s (%d cores), %s runs of %s s each, medians; server on CPU 0, load generator on CPU 1.\n" % (
     datetime.date.today().isoformat(), cpu_model, len([l for l in open("/proc/cpuinfo") if l.startswith("processor")]), runs, secs))
-out.append("| scenario | server | rate/s | p50 ms | p99 ms | server CPU % | per server CPU-s | rate vs rfc6455 | per CPU-s vs rfc6455 | RSS/conn B |")
-out.append("|---|---|---|---|---|---|---|---|---|---|")
+out.append("| scenario | server | rate/s | p50 ms | p99 ms | server CPU % | per server CPU-s | rate vs rfc6455 | per CPU-s vs rfc6455 | per CPU-s vs TCP floor | RSS/conn B |")
+out.append("|---|---|---|---|---|---|---|---|---|---|---|")
 base = {}
+floor = {}
 for scen, srv in order:
-    if srv.startswith("rfc6455"):
-        r = rows[(scen, srv)]
+    r = rows[(scen, srv)]
+    if srv.startswith("rfc6455") and scen not in base:
         base[scen] = (med([x[0] for x in r]), med([x[4] for x in r]))
+    if srv == "tcp-floor":
+        floor[scen] = med([x[4] for x in r])
 for scen, srv in order:
     r = rows[(scen, srv)]
     rate = med([x[0] for x in r]); per = med([x[4] for x in r])
     p50 = medf([x[1] for x in r]); p99 = medf([x[2] for x in r]); cpu = medf([x[3] for x in r]); rss = medf([x[5] for x in r])
     b = base.get(scen, (0, 0))
     ratio = lambda a, c: ("%.2fx" % (a / c)) if c else "-"
-    out.append("| %s | %s | %.0f | %s | %s | %s | %.0f | %s | %s | %s |" % (
+    out.append("| %s | %s | %.0f | %s | %s | %s | %.0f | %s | %s | %s | %s |" % (
         scen, srv, rate, "-" if p50 is None else "%.3f" % p50, "-" if p99 is None else "%.3f" % p99,
-        "-" if cpu is None else "%.0f" % cpu, per, ratio(rate, b[0]), ratio(per, b[1]), "-" if rss is None else "%.0f" % rss))
+        "-" if cpu is None else "%.0f" % cpu, per, ratio(rate, b[0]), ratio(per, b[1]), ratio(per, floor.get(scen, 0)),
+        "-" if rss is None else "%.0f" % rss))
 open(md, "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 EOF

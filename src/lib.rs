@@ -47,6 +47,59 @@
 //! assert_eq!(server.poll_event(), Some(Event::Text("hello".into())));
 //! ```
 
+//!
+//! ## Drivers
+//!
+//! * [`blocking`]: a `WebSocket` over any `Read + Write` stream, for scripts, tests
+//!   and thread-per-connection servers.
+//! * [`tokio`] (feature `tokio`, on by default): a `WebSocket` over any
+//!   `AsyncRead + AsyncWrite` stream, with `next`/`send`/`feed`, `futures`
+//!   `Stream`/`Sink`, and reader/writer halves.
+//! * `net` (feature `net`): the mio event loop with the relay and echo servers.
+//!
+//! With hyper or axum, the HTTP stack parses the upgrade request and this crate
+//! decides the answer without I/O: [`Request::from_parts`] checks the request,
+//! [`Request::negotiate`] gives the 101 response's headers (subprotocol,
+//! permessage-deflate) and the [`Negotiated`] parameters, and the upgraded stream
+//! becomes a [`tokio::WebSocket::upgraded`] (see `examples/hyper_echo.rs`). A client
+//! whose HTTP request is sent by another stack uses [`ClientHandshake::request_headers`]
+//! and [`ClientHandshake::check_response`], then [`Connection::upgraded`].
+//!
+//! ## Writing a driver for another runtime
+//!
+//! A driver owns a socket (or any byte stream), a clock and a [`Connection`], and
+//! repeats one cycle. The tokio and blocking drivers are about 400 lines each.
+//!
+//! 1. **Start.** [`Connection::server`] reads the request itself (drain
+//!    [`Event::Request`] and answer with [`Connection::accept`] or
+//!    [`Connection::reject`]); [`Connection::client`] queues its request at once;
+//!    [`Connection::upgraded`] starts open when another stack did the handshake. Bytes
+//!    that stack read past the head are the first frames: [`Connection::handle_bytes`]
+//!    them before anything read from the socket.
+//! 2. **Read** what the socket has and hand it to [`Connection::handle_bytes`] with
+//!    the current time; a read of 0 bytes (end of stream) is
+//!    [`Connection::handle_eof`]. An error on a connection still open is an abort
+//!    ([`Connection::abort`]); once the closing handshake has begun, a reset is just
+//!    the peer's end of stream.
+//! 3. **Drain the events** with [`Connection::poll_event`] until `None`, and act on
+//!    them. The engine's own answers (pongs, the reply to a close, the close after a
+//!    protocol error) wait behind the events before them: a close frame is in the
+//!    output only after the events before it are drained, so the application's
+//!    answers to those events go out first.
+//! 4. **Write** [`Connection::output_vectored`] (or [`Connection::output`]) and
+//!    [`Connection::consume_output`] what the socket took; a partial write consumes
+//!    part. Writing everything that one read produced in one vectored write is what
+//!    makes small messages cheap.
+//! 5. **Sleep** until input, or until [`Connection::poll_timeout`], then call
+//!    [`Connection::handle_timeout`]: handshake, close, keepalive, pong and idle
+//!    deadlines are all there.
+//! 6. **Backpressure.** While [`Connection::bytes_to_write`] is above a limit,
+//!    stop reading (a peer that sends pings but never reads cannot grow the output)
+//!    and make senders wait.
+//! 7. **The end.** [`Event::Closed`] is emitted once, last: write out what is
+//!    queued, then close the socket (a client waits for the server to close first,
+//!    within the close timeout, which the engine runs).
+
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -56,6 +109,12 @@ pub mod proto;
 #[cfg(feature = "net")]
 pub mod net;
 
+mod adapters;
+pub use adapters::blocking;
+#[cfg(feature = "tokio")]
+pub use adapters::tokio;
+pub use adapters::{DriverError, Message};
+
 pub use proto::close::CloseCode;
 pub use proto::config::{Config, Delivery};
 pub use proto::connection::Connection;
@@ -64,7 +123,7 @@ pub use proto::deflate::{DeflateConfig, DeflateParams};
 pub use proto::error::{HandshakeError, ProtocolError, UsageError};
 pub use proto::frame::{MessageKind, OpCode};
 pub use proto::handshake::{
-    Accept, ClientHandshake, ClientHandshakeDone, ClientRequest, Headers, Reject, Request, Response, Url, accept_key,
+    Accept, Accepted, ClientHandshake, ClientHandshakeDone, ClientRequest, Headers, Negotiated, Reject, Request, Response, Url, accept_key,
 };
 pub use proto::mask::{FixedMaskGenerator, MaskGenerator, RandomMaskGenerator};
 pub use proto::types::{CloseFrame, Closed, ControlPayload, Event, MAX_CONTROL_PAYLOAD, Role, SharedFrame, Side, State};

@@ -236,3 +236,150 @@ fn a_plain_http_request_is_told_this_is_a_websocket_endpoint() {
     assert!(out.contains("WebSocket endpoint") && out.contains("ws://HOST:PORT/PATH"), "{out}");
     assert!(out.contains("Connection: Upgrade, close\r\n"), "426 names the upgrade in Connection: {out}");
 }
+
+// ------------------------------------------------ handshakes done by another HTTP stack
+
+/// The header lines of `REQUEST`, as another HTTP stack would hand them over.
+fn request_parts(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut headers = vec![
+        ("Host", "server.example.com"),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Protocol", "chat, superchat"),
+    ];
+    headers.extend_from_slice(extra);
+    headers
+}
+
+#[test]
+fn a_request_from_parts_gets_the_same_checks_and_the_same_answer_as_one_read_from_bytes() {
+    let req = rfc6455::Request::from_parts("GET", "/chat?room=1", request_parts(&[("Origin", "http://example.com")])).unwrap();
+    assert_eq!((req.path(), req.query(), req.origin()), ("/chat", Some("room=1"), Some("http://example.com")));
+    let accepted = req.negotiate(&Config::default(), Accept::new().subprotocol("chat")).unwrap();
+    let mut head = Vec::new();
+    accepted.write_head(&mut head);
+    // The engine that reads the same request from bytes answers with the same head.
+    let now = Instant::now();
+    let mut s = Connection::server(Config::default(), now);
+    s.handle_bytes(now, REQUEST.as_bytes());
+    assert!(matches!(s.poll_event(), Some(Event::Request(_))));
+    s.accept(now, Accept::new().subprotocol("chat")).unwrap();
+    assert_eq!(String::from_utf8(head).unwrap(), String::from_utf8(drain_output(&mut s)).unwrap());
+    assert_eq!(accepted.negotiated().subprotocol.as_deref(), Some("chat"));
+    assert!(accepted.headers().contains(&("Sec-WebSocket-Accept".into(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into())));
+}
+
+#[test]
+fn a_bad_request_from_parts_is_refused_with_its_status_and_implied_headers() {
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+    let cases: [Case; 4] = [
+        ("POST", request_parts(&[]), 405),
+        ("GET", vec![("Host", "h")], 426),
+        ("GET", request_parts(&[]).into_iter().map(|(n, v)| if n == "Sec-WebSocket-Version" { (n, "8") } else { (n, v) }).collect(), 426),
+        ("GET", request_parts(&[]).into_iter().filter(|(n, _)| *n != "Host").collect(), 400),
+    ];
+    for (method, headers, status) in cases {
+        let err = rfc6455::Request::from_parts(method, "/", headers).unwrap_err();
+        let reject = err.rejection().unwrap();
+        assert_eq!(reject.status(), status, "{err}");
+        assert_eq!(reject.body_bytes(), err.to_string().as_bytes());
+        if status == 426 {
+            assert!(reject.implied_headers().contains(&("Sec-WebSocket-Version", "13")));
+        }
+        if status == 405 {
+            assert_eq!(reject.implied_headers(), &[("Allow", "GET")]);
+        }
+    }
+}
+
+#[test]
+fn negotiate_refuses_what_the_client_did_not_offer_and_header_injection() {
+    let req = rfc6455::Request::from_parts("GET", "/", request_parts(&[])).unwrap();
+    assert_eq!(req.negotiate(&Config::default(), Accept::new().subprotocol("mqtt")), Err(UsageError::SubprotocolNotOffered("mqtt".into())));
+    let injected = Accept::new().header("X-A", "1\r\nSet-Cookie: x");
+    assert!(matches!(req.negotiate(&Config::default(), injected), Err(UsageError::InvalidHeaderValue { .. })));
+}
+
+#[test]
+fn an_upgraded_pair_talks_and_the_early_bytes_come_first() {
+    let now = Instant::now();
+    let negotiated = rfc6455::Negotiated::new().subprotocol("chat");
+    let mut server = Connection::upgraded(rfc6455::Role::Server, Config::default(), &negotiated, now);
+    let mut client = Connection::upgraded(rfc6455::Role::Client, Config::default(), &negotiated, now);
+    assert_eq!(server.state(), State::Open);
+    assert!(server.output().is_empty() && client.output().is_empty(), "nothing is queued to write");
+    assert_eq!(server.poll_event(), Some(Event::Open { subprotocol: Some("chat".into()) }));
+    assert_eq!(client.poll_event(), Some(Event::Open { subprotocol: Some("chat".into()) }));
+    // The frame the other stack read behind the request head goes in first.
+    client.send_text("early").unwrap();
+    client.send_text("later").unwrap();
+    let bytes = drain_output(&mut client);
+    let (early, rest) = bytes.split_at(7 + 5 - 1);
+    server.handle_bytes(now, early);
+    server.handle_bytes(now, rest);
+    assert_eq!(events(&mut server), vec![Event::Text("early".into()), Event::Text("later".into())]);
+    server.send_text("back").unwrap();
+    transfer(&mut server, &mut client, now);
+    assert_eq!(client.poll_event(), Some(Event::Text("back".into())));
+}
+
+#[cfg(feature = "deflate")]
+#[test]
+fn deflate_negotiated_from_parts_opens_compressed_connections_on_both_sides() {
+    let cfg = Config { deflate: Some(rfc6455::DeflateConfig::default()), ..Config::default() };
+    let req = rfc6455::Request::from_parts(
+        "GET",
+        "/",
+        request_parts(&[("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")]),
+    )
+    .unwrap();
+    let accepted = req.negotiate(&cfg, Accept::new()).unwrap();
+    let params = accepted.negotiated().deflate.expect("deflate agreed");
+    let answer = accepted.headers().iter().find(|(n, _)| n == "Sec-WebSocket-Extensions").map(|(_, v)| v.clone()).unwrap();
+    assert_eq!(answer, params.to_header());
+    // Without deflate in the server's config, the offer is declined.
+    assert_eq!(req.negotiate(&Config::default(), Accept::new()).unwrap().negotiated().deflate, None);
+
+    let now = Instant::now();
+    let mut server = Connection::upgraded(rfc6455::Role::Server, cfg.clone(), accepted.negotiated(), now);
+    let mut client = Connection::upgraded(rfc6455::Role::Client, cfg, accepted.negotiated(), now);
+    assert!(server.is_compressed() && client.is_compressed());
+    let text = "compress me ".repeat(100);
+    client.send_text(&text).unwrap();
+    let wire = drain_output(&mut client);
+    assert!(wire.len() < text.len() / 4, "{} bytes on the wire for {}", wire.len(), text.len());
+    server.handle_bytes(now, &wire);
+    let evs = events(&mut server);
+    assert_eq!(evs.last(), Some(&Event::Text(text)));
+}
+
+#[test]
+fn a_client_request_sent_by_another_stack_is_checked_from_its_status_and_headers() {
+    let req = ClientRequest::new("ws://server.example.com:8080/chat").unwrap().subprotocol("chat").unwrap();
+    let hs = rfc6455::ClientHandshake::new(&req, *b"the sample nonce");
+    let headers = hs.request_headers();
+    assert_eq!(headers[0], ("Host".into(), "server.example.com:8080".into()));
+    assert!(headers.contains(&("Sec-WebSocket-Key".into(), "dGhlIHNhbXBsZSBub25jZQ==".into())));
+    assert!(headers.contains(&("Sec-WebSocket-Protocol".into(), "chat".into())));
+    // The raw request is the same lines.
+    let mut raw = Vec::new();
+    hs.write_request(&mut raw);
+    let raw = String::from_utf8(raw).unwrap();
+    for (n, v) in &headers {
+        assert!(raw.contains(&format!("{n}: {v}\r\n")), "{raw}");
+    }
+
+    let good = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        ("Sec-WebSocket-Protocol", "chat"),
+    ];
+    let done = hs.check_response(101, good).unwrap();
+    assert_eq!(done.negotiated().subprotocol.as_deref(), Some("chat"));
+    let wrong_key = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", "AAAA")];
+    assert_eq!(hs.check_response(101, wrong_key).unwrap_err(), HandshakeError::BadAccept);
+    assert!(matches!(hs.check_response(403, good).unwrap_err(), HandshakeError::Status { status: 403, .. }));
+}

@@ -7,10 +7,11 @@
 
 use crate::proto::config::Config;
 use crate::proto::error::ProtocolError;
-use crate::proto::handshake::{ClientHandshake, ClientHandshakeDone, Request};
+use crate::proto::handshake::{ClientHandshake, Negotiated};
+use crate::proto::types::Role;
 
 #[cfg(feature = "deflate")]
-use crate::proto::deflate::{self, DeflateParams, InflateError, Session};
+use crate::proto::deflate::{DeflateParams, InflateError, Session};
 
 /// The negotiated permessage-deflate state of one connection.
 #[cfg(feature = "deflate")]
@@ -22,21 +23,8 @@ pub(crate) struct Compression(Session);
 #[derive(Debug)]
 pub(crate) enum Compression {}
 
-/// The request header that carries extension offers.
-#[cfg(feature = "deflate")]
-const EXTENSIONS: &str = "sec-websocket-extensions";
-
 #[cfg(feature = "deflate")]
 impl Compression {
-    /// Server: the first acceptable permessage-deflate offer of `req`, if deflate is on.
-    pub(crate) fn negotiate_server(config: &Config, req: &Request) -> Option<Box<Self>> {
-        let cfg = config.deflate.as_ref()?;
-        let offers =
-            req.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(EXTENSIONS)).filter_map(|(_, v)| std::str::from_utf8(v).ok());
-        let params = deflate::negotiate_server(offers, cfg)?;
-        Some(Box::new(Self(Session::new(params, cfg, true))))
-    }
-
     /// Client: adds the permessage-deflate offer to the handshake, if deflate is on.
     pub(crate) fn offer(config: &Config, hs: ClientHandshake) -> ClientHandshake {
         match &config.deflate {
@@ -45,15 +33,13 @@ impl Compression {
         }
     }
 
-    /// Client: what the server's response agreed to (checked by the handshake).
-    pub(crate) fn from_response(config: &Config, done: &ClientHandshakeDone) -> Option<Box<Self>> {
-        let (cfg, params) = (config.deflate.as_ref()?, done.deflate?);
-        Some(Box::new(Self(Session::new(params, cfg, false))))
-    }
-
-    /// The server's `Sec-WebSocket-Extensions` answer.
-    pub(crate) fn response_header(&self) -> String {
-        self.0.params.to_header()
+    /// The compression state for what the handshake agreed, if it agreed on deflate.
+    /// The compression level and minimum size come from `config` (the defaults when
+    /// the handshake was negotiated elsewhere with deflate off in `config`).
+    pub(crate) fn open(config: &Config, negotiated: &Negotiated, role: Role) -> Option<Box<Self>> {
+        let params = negotiated.deflate?;
+        let cfg = config.deflate.clone().unwrap_or_default();
+        Some(Box::new(Self(Session::new(params, &cfg, role == Role::Server))))
     }
 
     /// The agreed parameters.
@@ -124,20 +110,12 @@ fn inflate_error(e: InflateError, max: usize) -> ProtocolError {
 
 #[cfg(not(feature = "deflate"))]
 impl Compression {
-    pub(crate) fn negotiate_server(_config: &Config, _req: &Request) -> Option<Box<Self>> {
-        None
-    }
-
     pub(crate) fn offer(_config: &Config, hs: ClientHandshake) -> ClientHandshake {
         hs
     }
 
-    pub(crate) fn from_response(_config: &Config, _done: &ClientHandshakeDone) -> Option<Box<Self>> {
+    pub(crate) fn open(_config: &Config, _negotiated: &Negotiated, _role: Role) -> Option<Box<Self>> {
         None
-    }
-
-    pub(crate) fn response_header(&self) -> String {
-        match *self {}
     }
 
     pub(crate) fn accepts_shared(&self, _window_bits: u8) -> bool {

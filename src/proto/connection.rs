@@ -59,7 +59,7 @@ use crate::proto::config::Config;
 use crate::proto::deflate::DeflateParams;
 use crate::proto::error::{HandshakeError, ProtocolError, UsageError};
 use crate::proto::frame::{MAX_HEADER_LEN, MessageKind, OpCode, RSV1, encode_frame, encode_frame_rsv, encode_header};
-use crate::proto::handshake::{self, Accept, ClientHandshake, ClientRequest, HeadReader, Reject, Request, Response};
+use crate::proto::handshake::{self, Accept, ClientHandshake, ClientRequest, HeadReader, Negotiated, Reject, Request, Response};
 use crate::proto::mask::{MaskGenerator, RandomMaskGenerator, apply_mask};
 use crate::proto::message::{Control, Inbound, MessageReader};
 use crate::proto::output::OutQueue;
@@ -224,6 +224,27 @@ impl Connection {
         conn
     }
 
+    /// A connection whose opening handshake another stack did (hyper, axum, an HTTP
+    /// client): open from the start with what was `negotiated` (from
+    /// [`Request::negotiate`] on a server, [`crate::ClientHandshakeDone::negotiated`] on a
+    /// client), nothing queued to write. Its first event is [`Event::Open`]. Bytes
+    /// the other stack read past the handshake head are the first frames: feed them
+    /// to [`Connection::handle_bytes`] before anything read from the socket.
+    ///
+    /// A client's masking keys come from an OS-seeded CSPRNG
+    /// ([`Connection::set_mask_generator`] replaces it). With deflate agreed but off
+    /// in `config`, the compressor uses [`crate::DeflateConfig`]'s defaults.
+    pub fn upgraded(role: Role, config: impl Into<Arc<Config>>, negotiated: &Negotiated, now: Instant) -> Self {
+        let masks: Option<Box<dyn MaskGenerator>> = match role {
+            Role::Client => Some(Box::new(RandomMaskGenerator::new())),
+            Role::Server => None,
+        };
+        let mut conn = Self::new(role, config.into(), Phase::Open, masks, now);
+        conn.start(negotiated);
+        conn.open(now);
+        conn
+    }
+
     /// Replaces the client's mask generator. Servers do not mask.
     pub fn set_mask_generator(&mut self, masks: Box<dyn MaskGenerator>) -> Result<(), UsageError> {
         match self.role {
@@ -318,14 +339,10 @@ impl Connection {
         let Phase::AwaitAccept { request, .. } = &self.phase else {
             return Err(UsageError::NoPendingRequest);
         };
-        let compression = Compression::negotiate_server(&self.config, request);
-        let ext = compression.as_ref().map(|z| z.response_header());
-        let mut result = Ok(());
-        self.out.write_with(|b| result = handshake::write_accept(b, request, &accept, ext.as_deref()));
-        result?;
+        let accepted = request.negotiate(&self.config, accept)?;
+        self.out.write_with(|b| accepted.write_head(b));
         let Phase::AwaitAccept { early, .. } = std::mem::replace(&mut self.phase, Phase::Open) else { unreachable!("checked above") };
-        self.compression = compression;
-        self.subprotocol = accept.subprotocol;
+        self.start(accepted.negotiated());
         self.open(now);
         if !early.is_empty() {
             self.read_frames(now, &early);
@@ -721,6 +738,12 @@ impl Connection {
         self.write_frame(true, OpCode::Close, &payload[..n]);
     }
 
+    /// Takes on what the handshake agreed.
+    fn start(&mut self, negotiated: &Negotiated) {
+        self.compression = Compression::open(&self.config, negotiated, self.role);
+        self.subprotocol = negotiated.subprotocol.clone();
+    }
+
     fn open(&mut self, now: Instant) {
         self.phase = Phase::Open;
         self.handshake_deadline = None;
@@ -749,8 +772,7 @@ impl Connection {
         match hs.push(data) {
             Ok(None) => {}
             Ok(Some(done)) => {
-                self.compression = Compression::from_response(&self.config, &done);
-                self.subprotocol = done.response.subprotocol.clone();
+                self.start(&done.negotiated());
                 self.response = Some(Box::new(done.response));
                 self.open(now);
                 self.read_frames(now, &data[data.len() - done.rest..]);
@@ -762,8 +784,7 @@ impl Connection {
     /// Ends a failed handshake; a server answers with the matching HTTP status.
     fn fail_handshake(&mut self, e: HandshakeError) {
         if self.role == Role::Server {
-            if let Some(status) = e.http_status() {
-                let reject = Reject::new(status).body(e.to_string());
+            if let Some(reject) = e.rejection() {
                 self.out.write_with(|b| {
                     let _ = handshake::write_rejection(b, &reject);
                 });

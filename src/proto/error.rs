@@ -163,6 +163,13 @@ impl HandshakeError {
             _ => return None,
         })
     }
+
+    /// The refusal a server answers this error with (status, implied headers, the
+    /// error as a plain-text body), if it answers at all: what another HTTP stack
+    /// sends when [`crate::Request::from_parts`] fails.
+    pub fn rejection(&self) -> Option<crate::Reject> {
+        Some(crate::Reject::new(self.http_status()?).body(self.to_string()))
+    }
 }
 
 impl fmt::Display for HandshakeError {

@@ -6,6 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha1::{Digest, Sha1};
 
+use crate::proto::config::Config;
 #[cfg(feature = "deflate")]
 use crate::proto::deflate::{DeflateConfig, DeflateParams};
 use crate::proto::error::{HandshakeError, UsageError};
@@ -109,6 +110,81 @@ pub struct Request {
 }
 
 impl Request {
+    /// A request that another HTTP/1.1 stack (hyper, axum, actix ...) has parsed:
+    /// its method, target (path and query) and header lines. It gets the same checks
+    /// as a request this crate reads itself (§4.2.1), with the same errors, so
+    /// [`HandshakeError::http_status`] gives the status to answer a refusal with.
+    ///
+    /// ```
+    /// use rfc6455::{Accept, Config, Request};
+    ///
+    /// let headers = [
+    ///     ("Host", "example.com"),
+    ///     ("Upgrade", "websocket"),
+    ///     ("Connection", "Upgrade"),
+    ///     ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ///     ("Sec-WebSocket-Version", "13"),
+    ///     ("Sec-WebSocket-Protocol", "chat, superchat"),
+    /// ];
+    /// let req = Request::from_parts("GET", "/chat", headers).unwrap();
+    /// let accepted = req.negotiate(&Config::default(), Accept::new().subprotocol("chat")).unwrap();
+    /// assert!(accepted.headers().contains(&("Sec-WebSocket-Accept".into(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into())));
+    /// assert_eq!(accepted.negotiated().subprotocol.as_deref(), Some("chat"));
+    /// ```
+    pub fn from_parts<N: AsRef<str>, V: AsRef<[u8]>>(
+        method: &str,
+        target: &str,
+        headers: impl IntoIterator<Item = (N, V)>,
+    ) -> Result<Request, HandshakeError> {
+        let headers = headers.into_iter().map(|(n, v)| (n.as_ref().to_owned(), v.as_ref().to_vec())).collect();
+        validate_request(method, target, headers)
+    }
+
+    /// Decides the server's answer without I/O: checks `accept` against the request
+    /// (the subprotocol must be one offered, extra headers must be valid), negotiates
+    /// permessage-deflate when `config` enables it, and returns the 101 response's
+    /// headers with the parameters the connection opens with
+    /// ([`crate::Connection::upgraded`]).
+    pub fn negotiate(&self, config: &Config, accept: Accept) -> Result<Accepted, UsageError> {
+        if let Some(p) = &accept.subprotocol {
+            if !self.subprotocols().any(|o| o == p) {
+                return Err(UsageError::SubprotocolNotOffered(p.clone()));
+            }
+        }
+        for (n, v) in &accept.headers {
+            check_header(n, v)?;
+        }
+        let negotiated = Negotiated { subprotocol: accept.subprotocol, ..Negotiated::default() };
+        #[cfg(feature = "deflate")]
+        let negotiated = Negotiated {
+            deflate: config.deflate.as_ref().and_then(|cfg| {
+                let offers = self
+                    .headers
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
+                    .filter_map(|(_, v)| std::str::from_utf8(v).ok());
+                crate::proto::deflate::negotiate_server(offers, cfg)
+            }),
+            ..negotiated
+        };
+        #[cfg(not(feature = "deflate"))]
+        let _ = config;
+        let mut headers = vec![
+            ("Upgrade".to_owned(), "websocket".to_owned()),
+            ("Connection".to_owned(), "Upgrade".to_owned()),
+            ("Sec-WebSocket-Accept".to_owned(), accept_key(&self.key)),
+        ];
+        if let Some(p) = &negotiated.subprotocol {
+            headers.push(("Sec-WebSocket-Protocol".to_owned(), p.clone()));
+        }
+        #[cfg(feature = "deflate")]
+        if let Some(params) = &negotiated.deflate {
+            headers.push(("Sec-WebSocket-Extensions".to_owned(), params.to_header()));
+        }
+        headers.extend(accept.headers);
+        Ok(Accepted { headers, negotiated })
+    }
+
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &str {
         self.target.split_once('?').map_or(&self.target, |(p, _)| p)
@@ -156,14 +232,18 @@ pub(crate) fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, 
         Err(_) => return Err(HandshakeError::Malformed("request")),
     }
     // §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
-    if req.method != Some("GET") {
-        return Err(HandshakeError::MethodNotAllowed);
-    }
-    if req.version != Some(1) {
+    if req.version != Some(1) && req.method == Some("GET") {
         return Err(HandshakeError::HttpVersion);
     }
-    let target = req.path.unwrap_or("/").to_owned();
-    let headers = collect_headers(req.headers);
+    validate_request(req.method.unwrap_or(""), req.path.unwrap_or("/"), collect_headers(req.headers))
+}
+
+/// The checks of §4.2.1 on a request's method, target and headers, however parsed.
+fn validate_request(method: &str, target: &str, headers: Headers) -> Result<Request, HandshakeError> {
+    // Item 1: a GET request.
+    if method != "GET" {
+        return Err(HandshakeError::MethodNotAllowed);
+    }
     // Item 2: a Host header.
     if count(&headers, "host") != 1 {
         return Err(HandshakeError::BadHeader("Host"));
@@ -193,7 +273,7 @@ pub(crate) fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, 
         Ok(k) if k.len() == 16 => {}
         _ => return Err(HandshakeError::BadHeader("Sec-WebSocket-Key")),
     }
-    Ok(Request { target, headers, key })
+    Ok(Request { target: target.to_owned(), headers, key })
 }
 
 /// Is `s` an HTTP token (RFC 7230 §3.2.6)? Subprotocols and header names must be.
@@ -242,30 +322,74 @@ impl Accept {
     }
 }
 
-/// Writes the 101 response (§4.2.2).
-pub(crate) fn write_accept(out: &mut Vec<u8>, req: &Request, accept: &Accept, extensions: Option<&str>) -> Result<(), UsageError> {
-    if let Some(p) = &accept.subprotocol {
-        if !req.subprotocols().any(|o| o == p) {
-            return Err(UsageError::SubprotocolNotOffered(p.clone()));
+/// What a connection agreed on in its opening handshake: the parameters a
+/// connection opened by another HTTP stack starts with ([`crate::Connection::upgraded`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Negotiated {
+    /// The subprotocol chosen by the server, if any.
+    pub subprotocol: Option<String>,
+    /// The permessage-deflate parameters, when compression was agreed.
+    #[cfg(feature = "deflate")]
+    pub deflate: Option<DeflateParams>,
+}
+
+impl Negotiated {
+    /// No subprotocol, no compression.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With a subprotocol.
+    pub fn subprotocol(mut self, subprotocol: impl Into<String>) -> Self {
+        self.subprotocol = Some(subprotocol.into());
+        self
+    }
+
+    /// With permessage-deflate agreed on `params`.
+    #[cfg(feature = "deflate")]
+    pub fn deflate(mut self, params: DeflateParams) -> Self {
+        self.deflate = Some(params);
+        self
+    }
+}
+
+/// The server's 101 answer to a [`Request`], decided without I/O by
+/// [`Request::negotiate`]: the response headers and the negotiated parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    headers: Vec<(String, String)>,
+    negotiated: Negotiated,
+}
+
+impl Accepted {
+    /// The response's header lines (status 101 is implied): `Upgrade`, `Connection`,
+    /// `Sec-WebSocket-Accept`, the subprotocol and extension answers, then the extra
+    /// headers of the [`Accept`].
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+
+    /// What the connection opens with.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.negotiated
+    }
+
+    /// The whole response head, `HTTP/1.1 101 Switching Protocols` to the blank line.
+    pub fn write_head(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+        for (n, v) in &self.headers {
+            write_header_line(out, n, v);
         }
+        out.extend_from_slice(b"\r\n");
     }
-    for (n, v) in &accept.headers {
-        check_header(n, v)?;
-    }
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
-    out.extend_from_slice(accept_key(&req.key).as_bytes());
+}
+
+fn write_header_line(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
-    if let Some(p) = &accept.subprotocol {
-        out.extend_from_slice(format!("Sec-WebSocket-Protocol: {p}\r\n").as_bytes());
-    }
-    if let Some(e) = extensions {
-        out.extend_from_slice(format!("Sec-WebSocket-Extensions: {e}\r\n").as_bytes());
-    }
-    for (n, v) in &accept.headers {
-        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(())
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -325,6 +449,18 @@ impl Reject {
         &self.headers
     }
 
+    /// Headers the status itself calls for, which the written refusal carries before
+    /// [`Reject::headers`]: for 426, `Sec-WebSocket-Version: 13` (§4.2.2) and
+    /// `Upgrade: websocket`; for 405, `Allow: GET`. Another HTTP stack writing the
+    /// refusal adds them too.
+    pub fn implied_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self.status {
+            426 => &[("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")],
+            405 => &[("Allow", "GET")],
+            _ => &[],
+        }
+    }
+
     /// The body.
     pub fn body_bytes(&self) -> &[u8] {
         &self.body
@@ -346,14 +482,11 @@ pub(crate) fn write_rejection(out: &mut Vec<u8>, reject: &Reject) -> Result<(), 
         }
     }
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
-    if status == 426 {
-        out.extend_from_slice(b"Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n");
-    }
-    if status == 405 {
-        out.extend_from_slice(b"Allow: GET\r\n");
+    for (n, v) in reject.implied_headers() {
+        write_header_line(out, n, v);
     }
     for (n, v) in headers {
-        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        write_header_line(out, n, v);
     }
     if !body.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
         out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
@@ -500,24 +633,23 @@ impl ClientRequest {
         Ok(self)
     }
 
-    /// Writes the request with `key` (16 random bytes) and returns the expected accept value.
-    pub(crate) fn write(&self, out: &mut Vec<u8>, key: [u8; 16], extensions: Option<&str>) -> String {
-        let key = BASE64.encode(key);
-        out.extend_from_slice(format!("GET {} HTTP/1.1\r\nHost: {}\r\n", self.url.resource, self.url.host_header()).as_bytes());
-        out.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ");
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    /// The request's header lines with `key` (16 random bytes), `Host` first.
+    pub(crate) fn header_lines(&self, key: [u8; 16], extensions: Option<&str>) -> Vec<(String, String)> {
+        let mut lines = vec![
+            ("Host".to_owned(), self.url.host_header()),
+            ("Upgrade".to_owned(), "websocket".to_owned()),
+            ("Connection".to_owned(), "Upgrade".to_owned()),
+            ("Sec-WebSocket-Version".to_owned(), "13".to_owned()),
+            ("Sec-WebSocket-Key".to_owned(), BASE64.encode(key)),
+        ];
         if !self.subprotocols.is_empty() {
-            out.extend_from_slice(format!("Sec-WebSocket-Protocol: {}\r\n", self.subprotocols.join(", ")).as_bytes());
+            lines.push(("Sec-WebSocket-Protocol".to_owned(), self.subprotocols.join(", ")));
         }
         if let Some(e) = extensions {
-            out.extend_from_slice(format!("Sec-WebSocket-Extensions: {e}\r\n").as_bytes());
+            lines.push(("Sec-WebSocket-Extensions".to_owned(), e.to_owned()));
         }
-        for (n, v) in &self.headers {
-            out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
-        }
-        out.extend_from_slice(b"\r\n");
-        accept_key(key.as_bytes())
+        lines.extend(self.headers.iter().cloned());
+        lines
     }
 }
 
@@ -540,14 +672,8 @@ impl Response {
     }
 }
 
-/// Parses and validates the server's response head (§4.1, the client's checks).
-pub(crate) fn parse_response(
-    head: &[u8],
-    max_headers: usize,
-    expected_accept: &str,
-    offered: &[String],
-    check_extensions: &mut dyn FnMut(&str) -> Result<(), HandshakeError>,
-) -> Result<Response, HandshakeError> {
+/// Parses a response head into its status and header lines.
+fn parse_response_head(head: &[u8], max_headers: usize) -> Result<(u16, Headers), HandshakeError> {
     let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
     let mut resp = httparse::Response::new(&mut raw);
     match resp.parse(head) {
@@ -556,8 +682,17 @@ pub(crate) fn parse_response(
         Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
         Err(_) => return Err(HandshakeError::Malformed("response")),
     }
-    let status = resp.code.unwrap_or(0);
-    let headers = collect_headers(resp.headers);
+    Ok((resp.code.unwrap_or(0), collect_headers(resp.headers)))
+}
+
+/// The client's checks of the server's response (§4.1), however it was parsed.
+fn validate_response(
+    status: u16,
+    headers: Headers,
+    expected_accept: &str,
+    offered: &[String],
+    check_extensions: &mut dyn FnMut(&str) -> Result<(), HandshakeError>,
+) -> Result<Response, HandshakeError> {
     if status != 101 {
         return Err(HandshakeError::Status { status, headers });
     }
@@ -642,6 +777,17 @@ pub struct ClientHandshakeDone {
     pub rest: usize,
 }
 
+impl ClientHandshakeDone {
+    /// What the connection opens with ([`crate::Connection::upgraded`]).
+    pub fn negotiated(&self) -> Negotiated {
+        Negotiated {
+            subprotocol: self.response.subprotocol.clone(),
+            #[cfg(feature = "deflate")]
+            deflate: self.deflate,
+        }
+    }
+}
+
 impl ClientHandshake {
     /// A handshake for `request` with `key`, the 16 bytes whose base64 form is sent
     /// as `Sec-WebSocket-Key`. They must be random for each connection (§4.1); this
@@ -692,14 +838,28 @@ impl ClientHandshake {
         self
     }
 
+    /// The request's header lines, `Host` first, for an HTTP client that writes the
+    /// request itself (the request line is `GET` with [`crate::Url::resource`]).
+    /// Check its response with [`ClientHandshake::check_response`].
+    pub fn request_headers(&self) -> Vec<(String, String)> {
+        self.request.header_lines(self.key, self.offer().as_deref())
+    }
+
     /// Appends the request head to `out`.
     pub fn write_request(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(format!("GET {} HTTP/1.1\r\n", self.request.url.resource).as_bytes());
+        for (n, v) in self.request_headers() {
+            write_header_line(out, &n, &v);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// The permessage-deflate offer, if one is made.
+    fn offer(&self) -> Option<String> {
         #[cfg(feature = "deflate")]
-        let offer = self.deflate.as_ref().map(crate::proto::deflate::client_offer);
+        return self.deflate.as_ref().map(crate::proto::deflate::client_offer);
         #[cfg(not(feature = "deflate"))]
-        let offer: Option<String> = None;
-        let accept = self.request.write(out, self.key, offer.as_deref());
-        debug_assert_eq!(accept, self.expected_accept);
+        None
     }
 
     /// The `Sec-WebSocket-Accept` value the server must answer with.
@@ -723,6 +883,27 @@ impl ClientHandshake {
                 return Err(e);
             }
         };
+        let parsed = parse_response_head(self.head.head(), self.max_headers);
+        self.finish();
+        let (status, headers) = parsed?;
+        let mut done = self.check(status, headers)?;
+        done.rest = rest;
+        Ok(Some(done))
+    }
+
+    /// Checks a response that another HTTP client received and parsed: its status
+    /// and header lines. The same checks as [`ClientHandshake::push`]; `rest` is 0
+    /// (bytes the client read past the head go to the connection's `handle_bytes`).
+    pub fn check_response<N: AsRef<str>, V: AsRef<[u8]>>(
+        &self,
+        status: u16,
+        headers: impl IntoIterator<Item = (N, V)>,
+    ) -> Result<ClientHandshakeDone, HandshakeError> {
+        let headers = headers.into_iter().map(|(n, v)| (n.as_ref().to_owned(), v.as_ref().to_vec())).collect();
+        self.check(status, headers)
+    }
+
+    fn check(&self, status: u16, headers: Headers) -> Result<ClientHandshakeDone, HandshakeError> {
         #[cfg(feature = "deflate")]
         let mut negotiated: Option<DeflateParams> = None;
         // Any extension in the response must be one we offered (§4.1).
@@ -734,14 +915,13 @@ impl ClientHandshake {
             }
             Err(HandshakeError::UnexpectedExtension(value.to_owned()))
         };
-        let parsed = parse_response(self.head.head(), self.max_headers, &self.expected_accept, &self.request.subprotocols, &mut check_ext);
-        self.finish();
-        Ok(Some(ClientHandshakeDone {
-            response: parsed?,
+        let response = validate_response(status, headers, &self.expected_accept, &self.request.subprotocols, &mut check_ext)?;
+        Ok(ClientHandshakeDone {
+            response,
             #[cfg(feature = "deflate")]
             deflate: negotiated,
-            rest,
-        }))
+            rest: 0,
+        })
     }
 
     fn finish(&mut self) {
