@@ -23,30 +23,25 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode, Version};
 use hyper_util::rt::TokioIo;
-use rfc6455::{Accept, Config, Event, Message, Negotiated, Reject, Role};
+use rfc6455::{Accept, Config, Event, HandshakeError, Message, Negotiated, Reject, Role};
 use tokio::net::TcpListener;
 
 type Response = HttpResponse<Full<Bytes>>;
 
-/// A hyper response carrying an `rfc6455` refusal (status, implied headers, body).
+/// A hyper response carrying an `rfc6455` refusal (status, headers, body).
 fn refusal(reject: &Reject) -> Response {
     let mut res = HttpResponse::builder().status(reject.status());
-    for (name, value) in reject.implied_headers() {
-        res = res.header(*name, *value);
-    }
-    for (name, value) in reject.headers() {
+    for (name, value) in reject.response_headers().expect("a valid refusal") {
         res = res.header(name, value);
     }
-    res.header("content-type", "text/plain; charset=utf-8")
-        .body(Full::new(Bytes::copy_from_slice(reject.body_bytes())))
-        .expect("a valid refusal")
+    res.body(Full::new(Bytes::copy_from_slice(reject.body_bytes()))).expect("a valid refusal")
 }
 
 /// Answers the upgrade request through the sans-IO negotiation and, once hyper has
 /// switched protocols, runs the echo on the upgraded connection.
 fn upgrade(mut req: HttpRequest<Incoming>, config: Arc<Config>) -> Response {
     if req.version() != Version::HTTP_11 {
-        return refusal(&Reject::new(505).body("WebSocket needs HTTP/1.1"));
+        return refusal(&HandshakeError::HttpVersion.rejection().expect("505"));
     }
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let headers = req.headers().iter().map(|(name, value)| (name.as_str(), value.as_bytes()));

@@ -285,12 +285,14 @@ fn a_bad_request_from_parts_is_refused_with_its_status_and_implied_headers() {
         let reject = err.rejection().unwrap();
         assert_eq!(reject.status(), status, "{err}");
         assert_eq!(reject.body_bytes(), err.to_string().as_bytes());
+        let lines = reject.response_headers().unwrap();
         if status == 426 {
-            assert!(reject.implied_headers().contains(&("Sec-WebSocket-Version", "13")));
+            assert!(lines.contains(&("Sec-WebSocket-Version".into(), "13".into())), "{lines:?}");
         }
         if status == 405 {
-            assert_eq!(reject.implied_headers(), &[("Allow", "GET")]);
+            assert!(lines.contains(&("Allow".into(), "GET".into())), "{lines:?}");
         }
+        assert!(lines.contains(&("Content-Type".into(), "text/plain; charset=utf-8".into())));
     }
 }
 
@@ -300,6 +302,30 @@ fn negotiate_refuses_what_the_client_did_not_offer_and_header_injection() {
     assert_eq!(req.negotiate(&Config::default(), Accept::new().subprotocol("mqtt")), Err(UsageError::SubprotocolNotOffered("mqtt".into())));
     let injected = Accept::new().header("X-A", "1\r\nSet-Cookie: x");
     assert!(matches!(req.negotiate(&Config::default(), injected), Err(UsageError::InvalidHeaderValue { .. })));
+    // A header the handshake writes itself would contradict it.
+    let contradicting = Accept::new().header("Sec-WebSocket-Extensions", "permessage-deflate");
+    assert_eq!(req.negotiate(&Config::default(), contradicting), Err(UsageError::ReservedHeader("Sec-WebSocket-Extensions".into())));
+}
+
+#[test]
+fn header_lines_from_another_stack_are_held_to_what_the_wire_allows() {
+    // A subprotocol "offered" with a CR LF inside would otherwise reach the 101.
+    let smuggled = request_parts(&[("Sec-WebSocket-Protocol", "chat\r\nSet-Cookie: evil=1")]);
+    assert_eq!(rfc6455::Request::from_parts("GET", "/", smuggled).unwrap_err(), HandshakeError::Malformed("header line"));
+    let bad_name = request_parts(&[("Bad Name", "v")]);
+    assert_eq!(rfc6455::Request::from_parts("GET", "/", bad_name).unwrap_err(), HandshakeError::Malformed("header line"));
+    let nul = request_parts(&[("X-A", "v\0")]);
+    assert_eq!(rfc6455::Request::from_parts("GET", "/", nul).unwrap_err(), HandshakeError::Malformed("header line"));
+    assert_eq!(rfc6455::Request::from_parts("GET", "/a b", request_parts(&[])).unwrap_err(), HandshakeError::Malformed("request target"));
+    // A request whose headers were edited after parsing still cannot smuggle a line
+    // through the subprotocol answer.
+    let mut req = rfc6455::Request::from_parts("GET", "/", request_parts(&[])).unwrap();
+    req.headers.push(("Sec-WebSocket-Protocol".into(), b"x\r\nSet-Cookie: evil=1".to_vec()));
+    let offered = req.subprotocols().last().unwrap().to_owned();
+    assert!(matches!(req.negotiate(&Config::default(), Accept::new().subprotocol(offered)), Err(UsageError::InvalidSubprotocol(_))));
+    // The client side checks the same way.
+    let hs = rfc6455::ClientHandshake::new(&ClientRequest::new("ws://h/").unwrap(), *b"the sample nonce");
+    assert!(matches!(hs.check_response(101, [("Up grade", "websocket")]), Err(HandshakeError::Malformed(_))));
 }
 
 #[test]

@@ -1091,7 +1091,10 @@ async fn send_waits_while_a_peer_that_never_reads_holds_the_limit() {
             }
         }
     });
-    within(VIRTUAL_WAIT, "the close to be written", ws.close(CloseCode::NORMAL, "")).await.unwrap();
+    // `close` queues the frame; `next` writes the rest while the peer reads.
+    within(VIRTUAL_WAIT, "the close to be queued", ws.close(CloseCode::NORMAL, "")).await.unwrap();
+    let (_, closed, _) = closed_within(&mut ws, VIRTUAL_WAIT).await;
+    assert_eq!(closed.sent.as_ref().map(|f| f.code), Some(CloseCode::NORMAL));
     let (frames, peer) = join_task("the peer", reader).await;
     assert_eq!(frames.len(), queued + 1);
     for (i, f) in frames[..queued].iter().enumerate() {
@@ -1099,8 +1102,6 @@ async fn send_waits_while_a_peer_that_never_reads_holds_the_limit() {
         assert!(f.payload.iter().all(|&b| usize::from(b) == i), "message {i} intact");
     }
     drop(peer);
-    let (_, closed, _) = closed_within(&mut ws, VIRTUAL_WAIT).await;
-    assert_eq!(closed.sent.as_ref().map(|f| f.code), Some(CloseCode::NORMAL));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1154,8 +1155,8 @@ async fn close_timeout_ends_a_connection_whose_peer_never_reads() {
     // 1 MiB queued; the pipe takes 64 KiB of it.
     ws.feed(vec![1u8; 1 << 20]).await.unwrap();
     let start = Instant::now();
-    // The close frame is queued at once; writing it out waits for the peer forever.
-    assert!(timeout(Duration::from_millis(100), ws.close(CloseCode::NORMAL, "")).await.is_err());
+    // The close frame is queued and `close` returns at once, though the peer reads nothing.
+    within(Duration::from_millis(1), "close", ws.close(CloseCode::NORMAL, "")).await.unwrap();
     assert_eq!(ws.connection().state(), State::Closing);
     // Nothing can arrive before it: the next item must be Closed.
     let next = timeout(close_timeout * 2, ws.next()).await;
@@ -1320,4 +1321,29 @@ async fn split_halves_as_futures_stream_and_sink() {
     assert_eq!(closed.received.as_ref().map(|f| f.code), Some(CloseCode::NORMAL));
     assert_eq!(closed.initiator, Side::Local);
     assert!(closed.clean, "{closed:?}");
+}
+
+/// The writer half starts the close; the reader, parked in `next()` with no deadline
+/// of its own, must still be woken to run the close timeout and hand out `Closed`.
+#[tokio::test(start_paused = true)]
+async fn a_close_from_the_writer_half_times_out_on_the_reader_half() {
+    let close_timeout = Duration::from_secs(3);
+    let (ws, peer) = upgraded(Role::Server, Config { close_timeout, ..Config::default() });
+    let (mut reader, mut writer) = ws.split();
+    let start = Instant::now();
+    let reading = tokio::spawn(async move {
+        let item = reader.next().await;
+        (item, Instant::now(), reader)
+    });
+    // Let the reader park first, with nothing to wait for but the stream.
+    tokio::task::yield_now().await;
+    writer.close(CloseCode::NORMAL, "bye").await.unwrap();
+    let (item, at, reader) = join_task("the reader", reading).await;
+    let Some(Ok(Event::Closed(closed))) = item else { panic!("expected Closed, got {item:?}") };
+    assert_at("Closed", at - start, close_timeout);
+    assert_eq!(closed.sent, Some(frame(1000, "bye")));
+    // The halves come back together.
+    let ws = reader.reunite(writer).map_err(|_| "the halves of one WebSocket").unwrap();
+    assert_eq!(ws.connection().state(), State::Closed);
+    drop(peer);
 }

@@ -55,6 +55,10 @@
 //! writes everything queued before it returns, and [`WebSocket::read`] writes what
 //! the engine queued (pongs, the close reply) before it blocks.
 //!
+//! Writes block while the peer does not read (TCP backpressure), like any blocking
+//! socket's. To bound them, set a write timeout on the stream (for a `TcpStream`,
+//! `ws.get_mut().set_write_timeout(..)`): a write that times out is an I/O error.
+//!
 //! Any I/O error ends the connection: the engine is aborted (queued output is
 //! discarded), the error is returned, and [`WebSocket::read`] then hands out the
 //! events already received and a last [`Event::Closed`]. Errors of the caller
@@ -69,7 +73,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::adapters::{DriverError, HandshakeStep, Message, drive_handshake, stream_failed};
+use crate::adapters::{DriverError, HandshakeStep, Message, client_never_decides, drive_handshake, stream_failed};
 use crate::{Accept, ClientRequest, CloseCode, Config, Connection, Event, Negotiated, Reject, Request, Role, State, UsageError};
 
 /// Size of the read buffer, one per connection.
@@ -197,7 +201,7 @@ impl<S: Stream> WebSocket<S> {
     /// ([`crate::HandshakeError::Status`] carries the status and headers).
     pub fn connect(stream: S, config: impl Into<Arc<Config>>, request: &ClientRequest) -> Result<Self, DriverError> {
         let conn = Connection::client(config, request, Instant::now());
-        Self::new(stream, conn).handshake(&mut |_| Ok(Accept::new()))
+        Self::new(stream, conn).handshake(&mut client_never_decides)
     }
 
     /// A connection whose opening handshake another stack did, open from the start
@@ -309,7 +313,9 @@ impl<S: Stream> WebSocket<S> {
     /// Starts the closing handshake: sends a close frame with `code` and `reason` (at
     /// most 123 bytes). Nothing more may be sent; call [`WebSocket::read`] until
     /// [`Event::Closed`] to receive what the peer still sends and complete the
-    /// handshake (bounded by [`Config::close_timeout`]).
+    /// handshake (waiting for the peer's answer is bounded by
+    /// [`Config::close_timeout`]; writing is bounded as every write is, see the
+    /// module docs).
     pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), DriverError> {
         self.conn.close(Instant::now(), code, reason)?;
         self.flush()
@@ -351,8 +357,10 @@ impl<S: Stream> WebSocket<S> {
         &mut self.stream
     }
 
-    /// The stream, giving up the connection: output not yet written is dropped.
+    /// The stream, giving up the connection: output not yet written is dropped. The
+    /// read timeout the driver set is cleared.
     pub fn into_inner(self) -> S {
+        let _ = self.stream.set_read_timeout(None);
         self.stream
     }
 

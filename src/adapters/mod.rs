@@ -136,6 +136,11 @@ pub(crate) fn stream_failed(conn: &mut Connection, e: io::Error, now: std::time:
     }
 }
 
+/// The `decide` of a client's handshake: only a server receives requests.
+pub(crate) fn client_never_decides(_: &Request) -> Result<Accept, Reject> {
+    Err(Reject::new(500))
+}
+
 /// Where an opening handshake done on the stream stands after its events are drained.
 pub(crate) enum HandshakeStep {
     /// More bytes are needed (or the answer must be written first).

@@ -57,10 +57,10 @@ use std::time::Instant;
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::net::TcpStream;
 use ::tokio::time::Sleep;
-use futures_core::Stream;
+use futures_core::{FusedStream, Stream};
 use futures_sink::Sink;
 
-use super::{DriverError, HandshakeStep, Message, drive_handshake, stream_failed};
+use super::{DriverError, HandshakeStep, Message, client_never_decides, drive_handshake, stream_failed};
 use crate::{Accept, ClientRequest, CloseCode, Closed, Config, Connection, Event, Negotiated, Reject, Request, Role};
 
 /// Bytes read per `read` call.
@@ -240,6 +240,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Core<S> {
         Poll::Ready(self.closing.take().expect("poll_finish runs only while closing"))
     }
 
+    /// Writes what the stream takes now, without waiting for the rest (the next
+    /// `next()` writes it). An I/O error ends the connection as in `poll_flush_out`.
+    fn poll_try_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DriverError>> {
+        match self.poll_flush_out(cx) {
+            Poll::Pending => Poll::Ready(Ok(())),
+            ready => ready,
+        }
+    }
+
     /// Waits until the output is below the write limit (backpressure for senders).
     fn poll_send_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), DriverError>> {
         while self.conn.bytes_to_write() > self.write_limit {
@@ -300,7 +309,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// [`DriverError::Handshake`] with [`crate::HandshakeError::Status`].
     pub async fn connect(stream: S, config: impl Into<Arc<Config>>, request: &ClientRequest) -> Result<Self, DriverError> {
         let mut core = Core::new(stream, Connection::client(config, request, now()));
-        core.handshake(&mut |_| Err(Reject::new(500))).await?;
+        core.handshake(&mut client_never_decides).await?;
         Ok(Self { core })
     }
 
@@ -350,11 +359,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.flush().await
     }
 
-    /// Starts the closing handshake: sends a close frame with `code` and `reason`.
-    /// Keep calling [`WebSocket::next`] until [`Event::Closed`] to complete it.
+    /// Starts the closing handshake: queues a close frame with `code` and `reason` and
+    /// writes what the socket takes now, without waiting for a peer that does not
+    /// read. Keep calling [`WebSocket::next`] until [`Event::Closed`]: it writes the
+    /// rest and completes the handshake, within [`Config::close_timeout`].
     pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), DriverError> {
         self.core.conn.close(now(), code, reason)?;
-        self.flush().await
+        poll_fn(|cx| self.core.poll_try_write(cx)).await
     }
 
     /// Writes out everything queued.
@@ -373,9 +384,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         &self.core.conn
     }
 
+    /// The engine, for commands this driver does not wrap (fragmented sends, `pong`,
+    /// `abort`); what they queue is written by the next `flush` or `next`. Do not feed
+    /// it input or poll its events here.
+    pub fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.core.conn
+    }
+
     /// The stream.
     pub fn get_ref(&self) -> &S {
         &self.core.io
+    }
+
+    /// The stream, for socket options. Reading or writing it directly corrupts the
+    /// connection.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.core.io
     }
 
     /// Splits into a reader and a writer for two tasks (see the module docs).
@@ -403,6 +427,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().core.poll_next_event(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> FusedStream for WebSocket<S> {
+    fn is_terminated(&self) -> bool {
+        self.core.finished
     }
 }
 
@@ -462,6 +492,15 @@ impl WakerPair {
     }
 }
 
+impl WakerPair {
+    fn wake_slot(&self, slot: usize) {
+        let taken = self.slots.lock().unwrap_or_else(|e| e.into_inner())[slot].take();
+        if let Some(w) = taken {
+            w.wake();
+        }
+    }
+}
+
 impl Wake for WakerPair {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
@@ -474,13 +513,36 @@ impl Wake for WakerPair {
 }
 
 impl<S> Shared<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Core<S>> {
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Runs `f` on the core with a context whose waker wakes the halves that wait.
+    /// After the writer's turn the reader is woken if the engine's state or deadline
+    /// changed (a close started, a failed write aborted it): only the reader runs
+    /// timers and hands out `Closed`.
     fn with_core<T>(&self, slot: usize, cx: &mut Context<'_>, f: impl FnOnce(&mut Core<S>, &mut Context<'_>) -> T) -> T {
         self.wakers.register(slot, cx.waker());
         let waker = Waker::from(self.wakers.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut core = self.core.lock().unwrap_or_else(|e| e.into_inner());
-        f(&mut core, &mut cx)
+        let mut core = self.lock();
+        let before = (core.conn.state(), core.conn.poll_timeout());
+        let result = f(&mut core, &mut cx);
+        if slot == WRITER && (core.conn.state(), core.conn.poll_timeout()) != before {
+            self.wakers.wake_slot(READER);
+        }
+        result
+    }
+
+    /// A command on the engine from the writer; the reader is woken as in `with_core`.
+    fn command<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        let mut core = self.lock();
+        let before = (core.conn.state(), core.conn.poll_timeout());
+        let result = f(&mut core.conn);
+        if (core.conn.state(), core.conn.poll_timeout()) != before {
+            self.wakers.wake_slot(READER);
+        }
+        result
     }
 }
 
@@ -507,6 +569,17 @@ impl<S> std::fmt::Debug for WebSocketWriter<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketReader<S> {
+    /// Puts the halves of one [`WebSocket`] back together; halves of two different
+    /// ones come back unchanged.
+    pub fn reunite(self, writer: WebSocketWriter<S>) -> Result<WebSocket<S>, (WebSocketReader<S>, WebSocketWriter<S>)> {
+        if !Arc::ptr_eq(&self.shared, &writer.shared) {
+            return Err((self, writer));
+        }
+        drop(writer);
+        let shared = Arc::try_unwrap(self.shared).unwrap_or_else(|_| unreachable!("both halves were given"));
+        Ok(WebSocket { core: shared.core.into_inner().unwrap_or_else(|e| e.into_inner()) })
+    }
+
     /// As [`WebSocket::next`]; cancel-safe.
     pub async fn next(&mut self) -> Option<Result<Event, DriverError>> {
         poll_fn(|cx| self.shared.with_core(READER, cx, Core::poll_next_event)).await
@@ -531,20 +604,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocketWriter<S> {
     /// As [`WebSocket::feed`]: queue now, write at the next flush.
     pub async fn feed(&mut self, message: impl Into<Message>) -> Result<(), DriverError> {
         poll_fn(|cx| self.shared.with_core(WRITER, cx, Core::poll_send_ready)).await?;
-        let mut core = self.shared.core.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(message.into().queue(&mut core.conn)?)
+        let message = message.into();
+        Ok(self.shared.command(|conn| message.queue(conn))?)
     }
 
     /// As [`WebSocket::ping`].
     pub async fn ping(&mut self, payload: &[u8]) -> Result<(), DriverError> {
-        self.shared.core.lock().unwrap_or_else(|e| e.into_inner()).conn.ping(now(), payload)?;
+        self.shared.command(|conn| conn.ping(now(), payload))?;
         self.flush().await
     }
 
     /// As [`WebSocket::close`]; the reader sees [`Event::Closed`] when it completes.
     pub async fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), DriverError> {
-        self.shared.core.lock().unwrap_or_else(|e| e.into_inner()).conn.close(now(), code, reason)?;
-        self.flush().await
+        self.shared.command(|conn| conn.close(now(), code, reason))?;
+        poll_fn(|cx| self.shared.with_core(WRITER, cx, Core::poll_try_write)).await
     }
 
     /// Writes out everything queued.
@@ -561,8 +634,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocketWriter<S> {
     }
 
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), DriverError> {
-        let mut core = self.shared.core.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(item.queue(&mut core.conn)?)
+        Ok(self.shared.command(|conn| item.queue(conn))?)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), DriverError>> {

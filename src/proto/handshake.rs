@@ -76,15 +76,14 @@ fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
     headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
 }
 
+/// Every value of header `name` that is UTF-8.
+fn header_values<'a>(headers: &'a Headers, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).filter_map(|(_, v)| std::str::from_utf8(v).ok())
+}
+
 /// All comma-separated tokens of every header `name`, trimmed and non-empty.
 fn tokens<'a>(headers: &'a Headers, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-    headers
-        .iter()
-        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
+    header_values(headers, name).flat_map(|v| v.split(',')).map(str::trim).filter(|t| !t.is_empty())
 }
 
 fn has_token(headers: &Headers, name: &str, token: &str) -> bool {
@@ -93,6 +92,22 @@ fn has_token(headers: &Headers, name: &str, token: &str) -> bool {
 
 fn count(headers: &Headers, name: &str) -> usize {
     headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
+}
+
+/// Header lines handed over by another stack, held to what httparse accepts from the
+/// wire: names are tokens, values carry no CR, LF, NUL or other control characters.
+fn collect_parts<N: AsRef<str>, V: AsRef<[u8]>>(headers: impl IntoIterator<Item = (N, V)>) -> Result<Headers, HandshakeError> {
+    headers
+        .into_iter()
+        .map(|(n, v)| {
+            let (n, v) = (n.as_ref(), v.as_ref());
+            let value_ok = v.iter().all(|&b| b == b'\t' || b >= 0x20 && b != 0x7F);
+            if !is_token(n) || !value_ok {
+                return Err(HandshakeError::Malformed("header line"));
+            }
+            Ok((n.to_owned(), v.to_vec()))
+        })
+        .collect()
 }
 
 fn collect_headers(raw: &[httparse::Header<'_>]) -> Headers {
@@ -111,9 +126,12 @@ pub struct Request {
 
 impl Request {
     /// A request that another HTTP/1.1 stack (hyper, axum, actix ...) has parsed:
-    /// its method, target (path and query) and header lines. It gets the same checks
-    /// as a request this crate reads itself (§4.2.1), with the same errors, so
-    /// [`HandshakeError::http_status`] gives the status to answer a refusal with.
+    /// its method, target (path and query) and header lines. It gets the checks of a
+    /// request this crate reads itself (§4.2.1), with the same errors, and header lines
+    /// are held to what the wire allows (token names, no control characters in
+    /// values); [`HandshakeError::rejection`] gives the refusal to answer with. The
+    /// HTTP version is the caller's to check: WebSocket needs HTTP/1.1 or later
+    /// (`HandshakeError::HttpVersion.rejection()` is the 505 answer).
     ///
     /// ```
     /// use rfc6455::{Accept, Config, Request};
@@ -136,7 +154,10 @@ impl Request {
         target: &str,
         headers: impl IntoIterator<Item = (N, V)>,
     ) -> Result<Request, HandshakeError> {
-        let headers = headers.into_iter().map(|(n, v)| (n.as_ref().to_owned(), v.as_ref().to_vec())).collect();
+        let headers = collect_parts(headers)?;
+        if !target.bytes().all(|b| b > 0x20 && b < 0x7F) {
+            return Err(HandshakeError::Malformed("request target"));
+        }
         validate_request(method, target, headers)
     }
 
@@ -147,22 +168,22 @@ impl Request {
     /// ([`crate::Connection::upgraded`]).
     pub fn negotiate(&self, config: &Config, accept: Accept) -> Result<Accepted, UsageError> {
         if let Some(p) = &accept.subprotocol {
+            if !is_token(p) {
+                return Err(UsageError::InvalidSubprotocol(p.clone()));
+            }
             if !self.subprotocols().any(|o| o == p) {
                 return Err(UsageError::SubprotocolNotOffered(p.clone()));
             }
         }
         for (n, v) in &accept.headers {
             check_header(n, v)?;
+            check_not_reserved(n)?;
         }
         let negotiated = Negotiated { subprotocol: accept.subprotocol, ..Negotiated::default() };
         #[cfg(feature = "deflate")]
         let negotiated = Negotiated {
             deflate: config.deflate.as_ref().and_then(|cfg| {
-                let offers = self
-                    .headers
-                    .iter()
-                    .filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-extensions"))
-                    .filter_map(|(_, v)| std::str::from_utf8(v).ok());
+                let offers = header_values(&self.headers, "sec-websocket-extensions");
                 crate::proto::deflate::negotiate_server(offers, cfg)
             }),
             ..negotiated
@@ -284,6 +305,25 @@ fn is_token(s: &str) -> bool {
 /// A header value may not contain CR, LF or NUL (header injection) nor other controls.
 fn is_field_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7F))
+}
+
+/// Headers the handshake itself writes (either side): an extra one would contradict it.
+const HANDSHAKE_HEADERS: [&str; 8] = [
+    "host",
+    "upgrade",
+    "connection",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+];
+
+fn check_not_reserved(name: &str) -> Result<(), UsageError> {
+    if HANDSHAKE_HEADERS.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+        return Err(UsageError::ReservedHeader(name.to_owned()));
+    }
+    Ok(())
 }
 
 fn check_header(name: &str, value: &str) -> Result<(), UsageError> {
@@ -449,16 +489,33 @@ impl Reject {
         &self.headers
     }
 
-    /// Headers the status itself calls for, which the written refusal carries before
-    /// [`Reject::headers`]: for 426, `Sec-WebSocket-Version: 13` (§4.2.2) and
-    /// `Upgrade: websocket`; for 405, `Allow: GET`. Another HTTP stack writing the
-    /// refusal adds them too.
-    pub fn implied_headers(&self) -> &'static [(&'static str, &'static str)] {
-        match self.status {
+    /// The refusal's header lines, checked, as this crate writes them (before its own
+    /// `Connection: close` and `Content-Length`): those the status calls for (426:
+    /// `Sec-WebSocket-Version: 13` (§4.2.2) and `Upgrade: websocket`; 405: `Allow:
+    /// GET`), then [`Reject::headers`], then `Content-Type: text/plain` for a body
+    /// that names no type. Another HTTP stack writing the refusal sends these.
+    pub fn response_headers(&self) -> Result<Vec<(String, String)>, UsageError> {
+        if !(200..=599).contains(&self.status) {
+            return Err(UsageError::InvalidStatus(self.status));
+        }
+        for (n, v) in &self.headers {
+            check_header(n, v)?;
+            // The response frames itself: a second Content-Length would smuggle a body.
+            if ["content-length", "transfer-encoding", "connection"].iter().any(|r| n.eq_ignore_ascii_case(r)) {
+                return Err(UsageError::ReservedHeader(n.clone()));
+            }
+        }
+        let implied: &[(&str, &str)] = match self.status {
             426 => &[("Sec-WebSocket-Version", "13"), ("Upgrade", "websocket")],
             405 => &[("Allow", "GET")],
             _ => &[],
+        };
+        let mut lines: Vec<(String, String)> = implied.iter().map(|&(n, v)| (n.to_owned(), v.to_owned())).collect();
+        lines.extend(self.headers.iter().cloned());
+        if !self.body.is_empty() && !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+            lines.push(("Content-Type".to_owned(), "text/plain; charset=utf-8".to_owned()));
         }
+        Ok(lines)
     }
 
     /// The body.
@@ -469,32 +526,16 @@ impl Reject {
 
 /// Writes a non-101 HTTP response that ends the connection.
 pub(crate) fn write_rejection(out: &mut Vec<u8>, reject: &Reject) -> Result<(), UsageError> {
-    let Reject { status, headers, body } = reject;
-    let status = *status;
-    if !(200..=599).contains(&status) {
-        return Err(UsageError::InvalidStatus(status));
-    }
-    for (n, v) in headers {
-        check_header(n, v)?;
-        // The response frames itself: a second Content-Length would smuggle a body.
-        if ["content-length", "transfer-encoding", "connection"].iter().any(|r| n.eq_ignore_ascii_case(r)) {
-            return Err(UsageError::ReservedHeader(n.clone()));
-        }
-    }
+    let lines = reject.response_headers()?;
+    let status = reject.status;
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
-    for (n, v) in reject.implied_headers() {
+    for (n, v) in &lines {
         write_header_line(out, n, v);
-    }
-    for (n, v) in headers {
-        write_header_line(out, n, v);
-    }
-    if !body.is_empty() && !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
-        out.extend_from_slice(b"Content-Type: text/plain; charset=utf-8\r\n");
     }
     // RFC 9110 §7.8: a response that names an Upgrade lists it in Connection too.
     let connection = if status == 426 { "Upgrade, close" } else { "close" };
-    out.extend_from_slice(format!("Connection: {connection}\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
-    out.extend_from_slice(body);
+    out.extend_from_slice(format!("Connection: {connection}\r\nContent-Length: {}\r\n\r\n", reject.body.len()).as_bytes());
+    out.extend_from_slice(&reject.body);
     Ok(())
 }
 
@@ -617,18 +658,7 @@ impl ClientRequest {
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Result<Self, UsageError> {
         let (name, value) = (name.into(), value.into());
         check_header(&name, &value)?;
-        const RESERVED: [&str; 7] = [
-            "host",
-            "upgrade",
-            "connection",
-            "sec-websocket-key",
-            "sec-websocket-version",
-            "sec-websocket-protocol",
-            "sec-websocket-extensions",
-        ];
-        if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
-            return Err(UsageError::ReservedHeader(name));
-        }
+        check_not_reserved(&name)?;
         self.headers.push((name, value));
         Ok(self)
     }
@@ -899,8 +929,7 @@ impl ClientHandshake {
         status: u16,
         headers: impl IntoIterator<Item = (N, V)>,
     ) -> Result<ClientHandshakeDone, HandshakeError> {
-        let headers = headers.into_iter().map(|(n, v)| (n.as_ref().to_owned(), v.as_ref().to_vec())).collect();
-        self.check(status, headers)
+        self.check(status, collect_parts(headers)?)
     }
 
     fn check(&self, status: u16, headers: Headers) -> Result<ClientHandshakeDone, HandshakeError> {
