@@ -6,6 +6,7 @@
 //!   validation, the closing handshake, ping/pong and limits. It owns no socket, no
 //!   clock and no thread: bytes and the current time go in, events and bytes come out,
 //!   so it can be embedded in any event loop, a game loop or a test.
+//! * [`proxy`]: the client's proxy step (HTTP CONNECT, SOCKS5), sans-IO as well.
 //! * `net` (feature `net`, on by default), a small mio event loop that drives the core:
 //!   the relay and echo servers and a blocking-style client.
 //!
@@ -105,6 +106,8 @@
 
 #[doc(hidden)]
 pub mod proto;
+
+pub mod proxy;
 
 #[cfg(feature = "net")]
 pub mod net;

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -10,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
 
 mod loadgen;
 use log::{error, info};
-use rfc6455::net::{Client, ClientOptions, Echo, Handler, Relay, Server, ServerConfig};
+use rfc6455::net::{
+    Client, ClientOptions, Echo, Handler, Relay, Server, ServerConfig, TlsAcceptor, TlsClientOptions, TlsConnector, TlsFiles,
+};
 use rfc6455::{ClientRequest, CloseCode, Config, DeflateConfig, Event};
 
 #[derive(Parser)]
@@ -69,6 +72,8 @@ enum Command {
         #[arg(long)]
         deflate: bool,
         #[command(flatten)]
+        tls: ClientTlsArgs,
+        #[command(flatten)]
         session: Session,
     },
     /// Load generator: echo throughput and round trips, relay fan-out, idle connections.
@@ -89,6 +94,45 @@ enum Command {
         #[arg(long)]
         deflate: bool,
     },
+}
+
+/// wss:// settings of the client.
+#[derive(Args)]
+struct ClientTlsArgs {
+    /// Trust the CA certificates in this PEM file, beside the system's (repeatable).
+    #[arg(long = "ca", value_name = "FILE")]
+    ca_files: Vec<PathBuf>,
+    /// Accept any server certificate: no protection against a man in the middle.
+    #[arg(long)]
+    insecure: bool,
+    /// Present this client certificate chain (PEM; needs --client-key).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// The TLS connector these settings describe, if they say anything.
+    fn connector(&self) -> Result<Option<TlsConnector>, String> {
+        if self.ca_files.is_empty() && !self.insecure && self.client_cert.is_none() {
+            return Ok(None);
+        }
+        if self.insecure {
+            eprintln!(
+                "warning: --insecure: the server's certificate is not checked; anyone on the path can read and change this connection"
+            );
+        }
+        let mut opts = TlsClientOptions::new().insecure(self.insecure);
+        for ca in &self.ca_files {
+            opts = opts.ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) {
+            opts = opts.identity(cert, key);
+        }
+        TlsConnector::new(&opts).map(Some).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Args)]
@@ -123,6 +167,15 @@ struct ServerArgs {
     /// smaller windows use less memory per connection.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u8).range(9..=15))]
     deflate_window_bits: u8,
+    /// Serve wss://: the certificate chain (PEM, leaf first). Reloaded on SIGHUP.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by the CAs in this PEM file.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -135,6 +188,16 @@ impl ServerArgs {
             client_max_window_bits: self.deflate_window_bits,
             ..DeflateConfig::default()
         }
+    }
+
+    /// The TLS acceptor for --tls-cert and --tls-key, loaded now (a bad file is an error).
+    fn tls(&self) -> Result<Option<TlsAcceptor>, String> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let mut files = TlsFiles::new(cert, key);
+        if let Some(ca) = &self.tls_client_ca {
+            files = files.client_ca(ca);
+        }
+        TlsAcceptor::from_files(files).map(Some).map_err(|e| e.to_string())
     }
 
     fn config(&self) -> ServerConfig {
@@ -164,6 +227,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Relay { listen, server } => {
             let mut cfg = server.config();
+            cfg.tls = match server.tls() {
+                Ok(t) => t,
+                Err(e) => return fatal(&e),
+            };
             let relay = if server.deflate {
                 let d = server.deflate_config(true);
                 cfg.engine.deflate = Some(d.clone());
@@ -173,8 +240,15 @@ fn main() -> ExitCode {
             };
             serve(listen, cfg, relay, "relay")
         }
-        Command::Echo { listen, server } => serve(listen, server.config(), Echo, "echo"),
-        Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate, session } => {
+        Command::Echo { listen, server } => {
+            let mut cfg = server.config();
+            cfg.tls = match server.tls() {
+                Ok(t) => t,
+                Err(e) => return fatal(&e),
+            };
+            serve(listen, cfg, Echo, "echo")
+        }
+        Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate, tls, session } => {
             let request = match client_request(&url, protocols, headers, origin) {
                 Ok(r) => r,
                 Err(e) => {
@@ -190,6 +264,10 @@ fn main() -> ExitCode {
                 ..Config::default()
             };
             opts.config.ping_interval = ping_interval;
+            opts.tls = match tls.connector() {
+                Ok(t) => t,
+                Err(e) => return fatal(&e),
+            };
             run_client(&url, opts, binary, session)
         }
         Command::AutobahnClient { url, agent, deflate } => autobahn_client(&url, &agent, deflate),
@@ -211,7 +289,14 @@ fn bench(params: loadgen::Params) -> ExitCode {
     }
 }
 
+/// One clear line on stderr and a nonzero exit.
+fn fatal(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
 fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &str) -> ExitCode {
+    let tls = cfg.tls.clone();
     let mut server = match Server::bind(listen, cfg, handler) {
         Ok(s) => s,
         Err(e) => {
@@ -237,13 +322,35 @@ fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &s
         }
         Err(e) => error!("cannot install signal handlers: {e}"),
     }
-    info!("{what} listening on ws://{}", server.local_addr());
+    if let Some(acceptor) = tls.clone() {
+        reload_on_sighup(acceptor);
+    }
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    info!("{what} listening on {scheme}://{}", server.local_addr());
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: server failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGHUP reads the certificate and key again: new connections get the new one,
+/// open connections keep theirs; a bad file is logged and the old one stays.
+fn reload_on_sighup(acceptor: TlsAcceptor) {
+    match signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                for _ in signals.forever() {
+                    match acceptor.reload() {
+                        Ok(()) => info!("TLS certificate reloaded"),
+                        Err(e) => error!("TLS certificate not reloaded (the old one stays): {e}"),
+                    }
+                }
+            });
+        }
+        Err(e) => error!("cannot install the SIGHUP handler (no certificate reload): {e}"),
     }
 }
 

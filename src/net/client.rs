@@ -32,6 +32,10 @@ pub struct ClientOptions {
     pub read_buffer_size: usize,
     /// Replaces the default CSPRNG mask generator (Qt's `setMaskGenerator`).
     pub mask_generator: Option<Box<dyn MaskGenerator>>,
+    /// TLS for `wss://` URLs (trust anchors, `insecure`, client certificate). `None`:
+    /// the system's trust store. Qt's `setSslConfiguration`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::net::tls::TlsConnector>,
 }
 
 impl ClientOptions {
@@ -43,6 +47,8 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             read_buffer_size: 64 * 1024,
             mask_generator: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -76,8 +82,15 @@ impl ClientWaker {
 pub enum ClientError {
     /// Bad URL or options (the caller's mistake).
     Invalid(UsageError),
-    /// A `wss://` URL: this client has no TLS transport yet.
+    /// A `wss://` URL in a build without the `tls` feature.
     TlsUnsupported,
+    /// The TLS configuration could not be built (unreadable CA or certificate file ...).
+    #[cfg(feature = "tls")]
+    TlsConfig(crate::net::tls::TlsError),
+    /// The TLS handshake failed: the server's certificate was refused (unknown issuer,
+    /// name mismatch, expired ...) or the server refused ours.
+    #[cfg(feature = "tls")]
+    Tls(rustls::Error),
     /// Name resolution or TCP failed (refused, reset ...).
     Io(io::Error),
     /// The connection ended before it opened (bad handshake: HTTP status, bad accept ...).
@@ -90,7 +103,11 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClientError::Invalid(e) => write!(f, "{e}"),
-            ClientError::TlsUnsupported => f.write_str("wss:// needs TLS, which this client does not support yet"),
+            ClientError::TlsUnsupported => f.write_str("wss:// needs TLS, which this build leaves out (feature `tls`)"),
+            #[cfg(feature = "tls")]
+            ClientError::TlsConfig(e) => write!(f, "{e}"),
+            #[cfg(feature = "tls")]
+            ClientError::Tls(e) => write!(f, "TLS handshake failed: {}", crate::net::tls::describe(e)),
             ClientError::Io(e) => write!(f, "connection failed: {e}"),
             ClientError::Closed(c) => match &c.error {
                 Some(e) => write!(f, "{e}"),
@@ -139,6 +156,13 @@ impl Client {
     /// is open.
     pub fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
         let req = opts.request;
+        #[cfg(feature = "tls")]
+        let tls = match (req.url().secure, opts.tls) {
+            (false, _) => None,
+            (true, Some(connector)) => Some(connector),
+            (true, None) => Some(crate::net::tls::TlsConnector::new(&Default::default()).map_err(ClientError::TlsConfig)?),
+        };
+        #[cfg(not(feature = "tls"))]
         if req.url().secure {
             return Err(ClientError::TlsUnsupported);
         }
@@ -156,10 +180,17 @@ impl Client {
         for addr in addrs {
             match connect_one(&mut poll, addr, deadline) {
                 Ok(stream) => {
+                    #[cfg(feature = "tls")]
+                    let socket = match &tls {
+                        Some(connector) => Socket::with_tls(stream, connector.connect(&req.url().host).map_err(ClientError::Tls)?),
+                        None => Socket::new(stream),
+                    };
+                    #[cfg(not(feature = "tls"))]
+                    let socket = Socket::new(stream);
                     let mut client = Client {
                         poll,
                         events: Events::with_capacity(16),
-                        socket: Socket::new(stream),
+                        socket,
                         engine,
                         waker,
                         buf: vec![0; opts.read_buffer_size.max(1024)],
@@ -181,7 +212,13 @@ impl Client {
             while let Some(ev) = self.engine.poll_event() {
                 match ev {
                     Event::Open { .. } => return Ok(()),
-                    Event::Closed(c) => return Err(ClientError::Closed(*c)),
+                    Event::Closed(c) => {
+                        #[cfg(feature = "tls")]
+                        if let Some(e) = self.socket.tls_error() {
+                            return Err(ClientError::Tls(e.clone()));
+                        }
+                        return Err(ClientError::Closed(*c));
+                    }
                     other => self.queue.push_back(other),
                 }
             }
@@ -201,7 +238,7 @@ impl Client {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let interest = if self.engine.bytes_to_write() > 0 { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
+        let interest = if self.socket.has_output(&self.engine) { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
         if interest.is_writable() != self.socket.want_write {
             self.poll.registry().reregister(&mut self.socket.stream, SOCKET, interest)?;
             self.socket.want_write = interest.is_writable();
@@ -251,6 +288,7 @@ impl Client {
                 if let Event::Closed(_) = ev {
                     // "Closed" means: flush, then close the socket.
                     let _ = self.flush_now();
+                    self.socket.shutdown_write();
                     let _ = self.socket.stream.shutdown(std::net::Shutdown::Both);
                     self.socket.eof = true;
                 }
@@ -320,7 +358,7 @@ impl Client {
     /// Returns whether everything was written.
     pub fn flush(&mut self, timeout: Duration) -> io::Result<bool> {
         let deadline = Instant::now() + timeout;
-        while self.engine.bytes_to_write() > 0 && !self.socket.eof {
+        while self.socket.has_output(&self.engine) && !self.socket.eof {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(false);
@@ -331,7 +369,7 @@ impl Client {
                 self.queue.push_back(ev);
             }
         }
-        Ok(self.engine.bytes_to_write() == 0)
+        Ok(!self.socket.has_output(&self.engine))
     }
 
     /// Wakes a thread blocked in [`Client::next_event`] from another thread.

@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 
 use crate::Connection;
 use crate::net::handler::ConnId;
+use crate::net::tls::Tls;
 
 /// At most this many slices go into one `writev`.
 const MAX_IOVECS: usize = 64;
@@ -26,10 +27,12 @@ pub(crate) enum Read1 {
     Eof,
 }
 
-/// A TCP stream and the I/O state the loop keeps for it.
+/// A TCP stream, its TLS layer if any, and the I/O state the loop keeps for it.
 #[derive(Debug)]
 pub(crate) struct Socket {
     pub(crate) stream: TcpStream,
+    /// `wss://`: the record layer between the stream and the engine.
+    pub(crate) tls: Option<Box<Tls>>,
     /// After the engine is closed and its output flushed, our write side is shut and
     /// we read (and discard) until the peer closes, so that our close frame is not lost
     /// to a reset caused by unread data (a "lingering close").
@@ -42,11 +45,23 @@ pub(crate) struct Socket {
 
 impl Socket {
     pub(crate) fn new(stream: TcpStream) -> Self {
-        Self { stream, lingering: false, eof: false, want_write: false }
+        Self { stream, tls: None, lingering: false, eof: false, want_write: false }
     }
 
-    /// One read, retrying on `Interrupted`.
+    /// A stream under TLS.
+    pub(crate) fn with_tls(stream: TcpStream, tls: Tls) -> Self {
+        Self { tls: Some(Box::new(tls)), ..Self::new(stream) }
+    }
+
+    /// One read (of plaintext, under TLS), retrying on `Interrupted`.
     pub(crate) fn read_once(&mut self, buf: &mut [u8]) -> Read1 {
+        if let Some(tls) = self.tls.as_mut() {
+            let read = tls.read(&mut self.stream, buf);
+            if read == Read1::Eof {
+                self.eof = true;
+            }
+            return read;
+        }
         loop {
             match self.stream.read(buf) {
                 Ok(0) => break,
@@ -63,6 +78,9 @@ impl Socket {
     /// Writes the engine's output until it is empty or the socket would block; one
     /// `writev` carries every queued run. `Err` only for a broken socket.
     pub(crate) fn flush(&mut self, engine: &mut Connection) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_mut() {
+            return tls.write(&mut self.stream, engine);
+        }
         while engine.bytes_to_write() > 0 {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = engine.output_vectored(&mut slices);
@@ -78,8 +96,23 @@ impl Socket {
         Ok(())
     }
 
-    /// Starts the lingering close: no more writes; wait for the peer's FIN.
+    /// Why the TLS session failed, if it did.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_error(&self) -> Option<&rustls::Error> {
+        self.tls.as_ref().and_then(|t| t.error())
+    }
+
+    /// Bytes wait to be written: the engine's output, or TLS records.
+    pub(crate) fn has_output(&self, engine: &Connection) -> bool {
+        engine.bytes_to_write() > 0 || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Starts the lingering close: no more writes (after TLS's `close_notify`); wait
+    /// for the peer's FIN.
     pub(crate) fn shutdown_write(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.close_notify(&mut self.stream);
+        }
         let _ = self.stream.shutdown(Shutdown::Write);
         self.lingering = true;
     }

@@ -6,7 +6,8 @@
 //! Rooms: `server.rs` the loop (and its [`Inbox`] for input from other threads),
 //! `handler.rs` the application API, `conn.rs` per-connection state and the id table,
 //! `policy.rs` limits, budgets and the slow-consumer policy, `pool.rs` buffer reuse,
-//! `relay.rs` the shipped handlers, `client.rs` the client.
+//! `relay.rs` the shipped handlers, `client.rs` the client, `tls.rs` the TLS transport
+//! (feature `tls`).
 
 mod client;
 mod conn;
@@ -15,9 +16,12 @@ mod policy;
 mod pool;
 mod relay;
 mod server;
+mod tls;
 
 pub use client::{Client, ClientError, ClientOptions, ClientWaker};
 pub use handler::{ConnId, Ctx, Handler};
 pub use policy::SlowConsumerPolicy;
 pub use relay::{Echo, Relay};
 pub use server::{Inbox, InboxError, Server, ServerConfig, ServerStats, ShutdownHandle};
+#[cfg(feature = "tls")]
+pub use tls::{TlsAcceptor, TlsClientOptions, TlsConnector, TlsError, TlsFiles, describe as describe_tls_error};

@@ -72,6 +72,10 @@ pub struct ServerConfig {
     /// nothing accepted is dropped). Connections that pin little carry on, so the
     /// total stays under this plus at most 32 KiB per connection. Default 1 GiB.
     pub max_total_memory: usize,
+    /// `wss://`: every accepted connection speaks TLS with this certificate (the
+    /// handshake timeout covers the TLS handshake too). Default `None`: plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::net::tls::TlsAcceptor>,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +91,8 @@ impl Default for ServerConfig {
             linger: Duration::from_secs(2),
             max_connection_memory: None,
             max_total_memory: 1 << 30,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -393,8 +399,9 @@ impl<H: Handler> Server<H> {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
+                    let Some(socket) = self.transport_for(stream, peer) else { continue };
                     let engine = Connection::server(self.engine_config.clone(), now);
-                    let id = self.conns.insert(Conn::new(Socket::new(stream), engine, peer));
+                    let id = self.conns.insert(Conn::new(socket, engine, peer));
                     let slot = id.slot as usize;
                     let Some(conn) = self.conns.at(slot) else { continue };
                     if let Err(e) = self.poll.registry().register(&mut conn.socket.stream, Token(slot), Interest::READABLE) {
@@ -419,6 +426,22 @@ impl<H: Handler> Server<H> {
         }
     }
 
+    /// The socket for a new connection: plain, or under TLS when configured.
+    fn transport_for(&self, stream: mio::net::TcpStream, peer: SocketAddr) -> Option<Socket> {
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = &self.cfg.tls {
+            return match acceptor.accept() {
+                Ok(tls) => Some(Socket::with_tls(stream, tls)),
+                Err(e) => {
+                    warn!("[{peer}] TLS setup failed: {e}");
+                    None
+                }
+            };
+        }
+        let _ = peer;
+        Some(Socket::new(stream))
+    }
+
     fn read_conn(&mut self, i: usize, now: Instant) {
         for _ in 0..READ_BUDGET {
             let (total_pinned, read_len) = (self.memory.pinned, self.read_buf.len());
@@ -439,7 +462,13 @@ impl<H: Handler> Server<H> {
                 }
             }
             match conn.socket.read_once(&mut self.read_buf) {
-                Read1::WouldBlock => return,
+                Read1::WouldBlock => {
+                    // TLS: what was read may call for records in reply (handshake).
+                    if conn.socket.tls.is_some() {
+                        self.conns.dirty.push(i);
+                    }
+                    return;
+                }
                 Read1::Data(_) if lingering => {}
                 Read1::Data(n) => {
                     // Lend pooled buffers for the messages of this read (and for the
@@ -453,6 +482,10 @@ impl<H: Handler> Server<H> {
                     }
                 }
                 Read1::Eof => {
+                    #[cfg(feature = "tls")]
+                    if let Some(e) = conn.socket.tls_error() {
+                        debug!("[{}] TLS: {}", conn.peer, crate::net::tls::describe(e));
+                    }
                     if !lingering {
                         conn.engine.handle_eof(now);
                         self.dispatch(now, i);
@@ -529,7 +562,7 @@ impl<H: Handler> Server<H> {
         if closed && conn.socket.eof {
             return self.remove(i);
         }
-        if closed && conn.engine.bytes_to_write() == 0 && !conn.socket.lingering {
+        if closed && !conn.socket.has_output(&conn.engine) && !conn.socket.lingering {
             conn.socket.shutdown_write();
             conn.drop_at = Some(now + linger);
             // The peer's FIN may already be waiting.
@@ -546,7 +579,7 @@ impl<H: Handler> Server<H> {
         }
         let Some(conn) = self.conns.at(i) else { return };
         // WRITABLE interest only while output is pending.
-        let want_write = conn.engine.bytes_to_write() > 0 && !conn.socket.lingering;
+        let want_write = conn.socket.has_output(&conn.engine) && !conn.socket.lingering;
         if want_write != conn.socket.want_write {
             let interest = if want_write { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
             if self.poll.registry().reregister(&mut conn.socket.stream, Token(i), interest).is_ok() {
