@@ -20,14 +20,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rfc6455::net::{TlsClientOptions, TlsConnector};
 use rfc6455::proto::deflate::{DeflateConfig, Deflater};
 use rfc6455::proto::frame::{OpCode, decode_header, encode_frame, encode_frame_rsv};
 use rfc6455::proto::handshake::ClientHandshake;
 use rfc6455::{ClientRequest, MessageKind};
+use rustls::pki_types::ServerName;
 
 /// Masking key of every frame the generator sends. RFC 6455 §5.3 asks for a fresh,
 /// unpredictable key per frame so that script in a browser cannot choose the bytes an
@@ -91,6 +94,12 @@ pub struct Params {
     /// Offer permessage-deflate and send compressed messages (echo, idle).
     #[arg(long)]
     pub deflate: bool,
+    /// wss://: trust the CA certificates in this PEM file (repeatable).
+    #[arg(long = "ca", value_name = "FILE")]
+    pub ca_files: Vec<std::path::PathBuf>,
+    /// wss://: accept any server certificate (a benchmark against a test certificate).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// A count that must be at least 1.
@@ -234,15 +243,23 @@ struct Target {
     addr: SocketAddr,
     request: ClientRequest,
     deflate: Option<DeflateConfig>,
+    /// wss://: the client TLS configuration.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
     fn new(p: &Params) -> io::Result<Target> {
         let request = ClientRequest::new(&p.url).map_err(|e| invalid(e.to_string()))?;
         let url = request.url();
-        if url.secure {
-            return Err(invalid("wss:// is not supported"));
-        }
+        let tls = if url.secure {
+            let mut opts = TlsClientOptions::new().insecure(p.insecure);
+            for ca in &p.ca_files {
+                opts = opts.ca_file(ca);
+            }
+            Some(TlsConnector::new(&opts).map_err(|e| invalid(e.to_string()))?.rustls_config())
+        } else {
+            None
+        };
         if p.deflate && p.mode == Mode::Relay {
             return Err(invalid("--deflate is for echo and idle (relay payloads carry raw timestamps)"));
         }
@@ -253,7 +270,7 @@ impl Target {
         // Without client context takeover every message is compressed from scratch,
         // so one compressed frame can be sent again and again.
         let deflate = p.deflate.then(|| DeflateConfig { client_no_context_takeover: true, ..DeflateConfig::default() });
-        Ok(Target { addr, request, deflate })
+        Ok(Target { addr, request, deflate, tls })
     }
 
     /// A fresh handshake: a random key for every connection.
@@ -338,9 +355,9 @@ struct Taken {
 impl Inbox {
     /// Reads everything the socket holds; false once it is closed or failed (what was
     /// read before stays buffered).
-    fn read_from(&mut self, stream: &mut TcpStream, scratch: &mut [u8]) -> bool {
+    fn read_from(&mut self, wire: &mut Wire, scratch: &mut [u8]) -> bool {
         loop {
-            match stream.read(scratch) {
+            match wire.read(scratch) {
                 Ok(0) => return false,
                 Ok(n) => self.buf.extend_from_slice(&scratch[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -407,8 +424,54 @@ enum Phase {
     Dead,
 }
 
-struct Conn {
+/// A connection's byte stream: TCP, or TLS over it.
+struct Wire {
     stream: TcpStream,
+    tls: Option<Box<rustls::ClientConnection>>,
+}
+
+impl Wire {
+    /// Plaintext read: `WouldBlock` when nothing more is there now.
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else { return self.stream.read(buf) };
+        loop {
+            match tls.reader().read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                other => return other,
+            }
+            if tls.read_tls(&mut self.stream)? == 0 {
+                return Ok(0);
+            }
+            tls.process_new_packets().map_err(io::Error::other)?;
+            // Handshake records in reply go out at once.
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    other => other.map(drop)?,
+                }
+            }
+        }
+    }
+
+    /// Writes plaintext; under TLS it is accepted into records, which are written
+    /// until the socket would block.
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let Some(tls) = self.tls.as_mut() else { return self.stream.write(data) };
+        let taken = tls.writer().write(data)?;
+        while tls.wants_write() {
+            tls.write_tls(&mut self.stream)?;
+        }
+        if taken == 0 { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(taken) }
+    }
+
+    /// TLS records wait for the socket.
+    fn wants_write(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+}
+
+struct Conn {
+    wire: Wire,
     phase: Phase,
     inbox: Inbox,
     out: Vec<u8>,
@@ -424,8 +487,8 @@ struct Conn {
 impl Conn {
     /// Writes what is queued; false if the connection died.
     fn flush(&mut self) -> bool {
-        while self.out_pos < self.out.len() {
-            match self.stream.write(&self.out[self.out_pos..]) {
+        while self.out_pos < self.out.len() || self.wire.wants_write() {
+            match self.wire.write(&self.out[self.out_pos..]) {
                 Ok(0) => return false,
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -441,10 +504,10 @@ impl Conn {
     /// Whether a non-blocking connect has completed: `Ok(false)` while it is still in
     /// progress, `Err` once it failed.
     fn connected(&self, event: &mio::event::Event) -> io::Result<bool> {
-        if let Some(e) = self.stream.take_error()? {
+        if let Some(e) = self.wire.stream.take_error()? {
             return Err(e);
         }
-        match self.stream.peer_addr() {
+        match self.wire.stream.peer_addr() {
             Ok(_) => Ok(true),
             Err(_) if event.is_error() || event.is_write_closed() => {
                 Err(io::Error::new(io::ErrorKind::ConnectionRefused, "connect failed"))
@@ -565,8 +628,15 @@ impl<'p> Bench<'p> {
         for i in 0..p.connections {
             let mut stream = TcpStream::connect(target.addr)?;
             poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+            let tls = match &target.tls {
+                Some(config) => {
+                    let name = ServerName::try_from(target.request.url().host.clone()).map_err(|e| invalid(e.to_string()))?;
+                    Some(Box::new(rustls::ClientConnection::new(config.clone(), name).map_err(io::Error::other)?))
+                }
+                None => None,
+            };
             conns.push(Conn {
-                stream,
+                wire: Wire { stream, tls },
                 phase: Phase::Connecting(target.handshake()),
                 inbox: Inbox::default(),
                 out: Vec::new(),
@@ -723,7 +793,7 @@ impl<'p> Bench<'p> {
         if !ev.is_readable() {
             return;
         }
-        let alive = c.inbox.read_from(&mut c.stream, &mut self.scratch);
+        let alive = c.inbox.read_from(&mut c.wire, &mut self.scratch);
         if matches!(c.phase, Phase::Handshake(_)) && !self.on_response(i, alive) {
             return;
         }
@@ -743,7 +813,7 @@ impl<'p> Bench<'p> {
         match c.connected(ev) {
             Ok(false) => false,
             Ok(true) => {
-                let _ = c.stream.set_nodelay(true);
+                let _ = c.wire.stream.set_nodelay(true);
                 let Phase::Connecting(hs) = std::mem::replace(&mut c.phase, Phase::Dead) else { return false };
                 hs.write_request(&mut c.out);
                 c.phase = Phase::Handshake(hs);
@@ -913,8 +983,8 @@ impl<'p> Bench<'p> {
         c.phase = Phase::Dead;
         self.dead += 1;
         self.report.errors += 1;
-        let _ = self.poll.registry().deregister(&mut c.stream);
-        let _ = c.stream.shutdown(Shutdown::Both);
+        let _ = self.poll.registry().deregister(&mut c.wire.stream);
+        let _ = c.wire.stream.shutdown(Shutdown::Both);
         c.out = Vec::new();
         c.inbox = Inbox::default();
     }
@@ -925,11 +995,11 @@ impl<'p> Bench<'p> {
         let pending = match c.phase {
             Phase::Dead => return,
             Phase::Connecting(_) => true,
-            _ => c.out_pos < c.out.len(),
+            _ => c.out_pos < c.out.len() || c.wire.wants_write(),
         };
         if pending != c.want_write {
             let interest = if pending { Interest::READABLE | Interest::WRITABLE } else { Interest::READABLE };
-            let _ = self.poll.registry().reregister(&mut c.stream, Token(i), interest);
+            let _ = self.poll.registry().reregister(&mut c.wire.stream, Token(i), interest);
             c.want_write = pending;
         }
     }

@@ -49,6 +49,7 @@ impl Socket {
     }
 
     /// A stream under TLS.
+    #[cfg(feature = "tls")]
     pub(crate) fn with_tls(stream: TcpStream, tls: Tls) -> Self {
         Self { tls: Some(Box::new(tls)), ..Self::new(stream) }
     }

@@ -336,6 +336,11 @@ mod enabled {
             Self { config }
         }
 
+        /// The rustls configuration, for a driver of its own.
+        pub fn rustls_config(&self) -> Arc<ClientConfig> {
+            self.config.clone()
+        }
+
         /// The record layer for a connection to `host` (its SNI name and the name the
         /// certificate must carry; an IP address is checked as one).
         pub(crate) fn connect(&self, host: &str) -> Result<Tls, rustls::Error> {
