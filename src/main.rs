@@ -73,6 +73,11 @@ enum Command {
         deflate: bool,
         #[command(flatten)]
         tls: ClientTlsArgs,
+        /// Connect through a proxy: http://[user:pass@]host:port (CONNECT),
+        /// socks5://... (we resolve the server's name), socks5h://... (the proxy does),
+        /// or `none`. Default: https_proxy (wss), http_proxy (ws), all_proxy, no_proxy.
+        #[arg(long, value_name = "URL")]
+        proxy: Option<String>,
         #[command(flatten)]
         session: Session,
     },
@@ -248,7 +253,7 @@ fn main() -> ExitCode {
             };
             serve(listen, cfg, Echo, "echo")
         }
-        Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate, tls, session } => {
+        Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate, tls, proxy, session } => {
             let request = match client_request(&url, protocols, headers, origin) {
                 Ok(r) => r,
                 Err(e) => {
@@ -266,6 +271,10 @@ fn main() -> ExitCode {
             opts.config.ping_interval = ping_interval;
             opts.tls = match tls.connector() {
                 Ok(t) => t,
+                Err(e) => return fatal(&e),
+            };
+            opts.proxy = match client_proxy(proxy.as_deref(), &opts.request) {
+                Ok(p) => p,
                 Err(e) => return fatal(&e),
             };
             run_client(&url, opts, binary, session)
@@ -352,6 +361,17 @@ fn reload_on_sighup(acceptor: TlsAcceptor) {
         }
         Err(e) => error!("cannot install the SIGHUP handler (no certificate reload): {e}"),
     }
+}
+
+/// The proxy for the client: `--proxy URL`, `--proxy none`, or the environment.
+fn client_proxy(flag: Option<&str>, request: &ClientRequest) -> Result<Option<rfc6455::proxy::Proxy>, String> {
+    let url = request.url();
+    let proxy = match flag {
+        Some("none") => return Ok(None),
+        Some(p) => rfc6455::proxy::Proxy::parse(p).map(Some),
+        None => rfc6455::proxy::Proxy::from_env(url.secure, &url.host, url.port),
+    };
+    proxy.map_err(|e| e.to_string())
 }
 
 /// The request the client's options describe.

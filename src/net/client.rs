@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::net::conn::{Read1, Socket};
+use crate::proxy::{Proxy, ProxyError, ProxyHandshake, ProxyStep, Target as ProxyTarget};
 use crate::{ClientRequest, CloseCode, Closed, Config, Connection, Event, MaskGenerator, MessageKind, State, UsageError};
 
 const SOCKET: Token = Token(0);
@@ -36,6 +37,10 @@ pub struct ClientOptions {
     /// the system's trust store. Qt's `setSslConfiguration`.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::net::tls::TlsConnector>,
+    /// Reach the server through this proxy (HTTP CONNECT or SOCKS5; Qt's
+    /// `setProxy`). `None`: directly (for the `https_proxy`/`no_proxy` environment
+    /// convention, pass [`Proxy::from_env`]'s answer).
+    pub proxy: Option<Proxy>,
 }
 
 impl ClientOptions {
@@ -49,6 +54,7 @@ impl ClientOptions {
             mask_generator: None,
             #[cfg(feature = "tls")]
             tls: None,
+            proxy: None,
         }
     }
 }
@@ -97,6 +103,8 @@ pub enum ClientError {
     Closed(Closed),
     /// Connect or handshake took longer than the connect timeout.
     Timeout,
+    /// The proxy refused or failed to open the tunnel.
+    Proxy(ProxyError),
 }
 
 impl fmt::Display for ClientError {
@@ -114,6 +122,7 @@ impl fmt::Display for ClientError {
                 None => write!(f, "connection closed during the handshake ({})", c.code()),
             },
             ClientError::Timeout => f.write_str("connect timed out"),
+            ClientError::Proxy(e) => write!(f, "{e}"),
         }
     }
 }
@@ -173,13 +182,21 @@ impl Client {
             Some(m) => Connection::client_with_mask_generator(opts.config, &req, m, now),
             None => Connection::client(opts.config, &req, now),
         };
-        let addrs: Vec<SocketAddr> = (req.url().host.as_str(), req.url().port).to_socket_addrs()?.collect();
+        // Through a proxy, TCP goes to the proxy and the tunnel to the server.
+        let addrs: Vec<SocketAddr> = match &opts.proxy {
+            Some(proxy) => (proxy.host(), proxy.port()).to_socket_addrs()?.collect(),
+            None => (req.url().host.as_str(), req.url().port).to_socket_addrs()?.collect(),
+        };
         let mut last_err = io::Error::new(io::ErrorKind::NotFound, "host has no addresses");
         let mut poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         for addr in addrs {
             match connect_one(&mut poll, addr, deadline) {
-                Ok(stream) => {
+                Ok(mut stream) => {
+                    let early = match &opts.proxy {
+                        Some(proxy) => tunnel(&mut poll, &mut stream, proxy, req.url(), deadline)?,
+                        None => Vec::new(),
+                    };
                     #[cfg(feature = "tls")]
                     let socket = match &tls {
                         Some(connector) => Socket::with_tls(stream, connector.connect(&req.url().host).map_err(ClientError::Tls)?),
@@ -197,6 +214,8 @@ impl Client {
                         queue: VecDeque::new(),
                         peer: addr,
                     };
+                    // What the server sent right behind the proxy's answer.
+                    client.socket.preload(&early, &mut client.engine, now);
                     client.handshake(deadline)?;
                     return Ok(client);
                 }
@@ -396,6 +415,66 @@ impl Client {
     pub fn engine(&self) -> &Connection {
         &self.engine
     }
+}
+
+/// Opens the tunnel through `proxy` to the server of `url` on a connected `stream`
+/// (the proxy's own small sans-IO negotiation, driven here until `deadline`).
+/// Returns the bytes that followed the proxy's answer: the first of the tunnel.
+fn tunnel(poll: &mut Poll, stream: &mut TcpStream, proxy: &Proxy, url: &crate::Url, deadline: Instant) -> Result<Vec<u8>, ClientError> {
+    let target = if proxy.kind().resolves_names() {
+        ProxyTarget::Name(url.host.clone(), url.port)
+    } else {
+        let addr = (url.host.as_str(), url.port).to_socket_addrs()?.next();
+        ProxyTarget::Addr(addr.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the server's host has no addresses"))?)
+    };
+    let mut hs = ProxyHandshake::new(proxy, target).map_err(ClientError::Proxy)?;
+    poll.registry().reregister(stream, SOCKET, Interest::READABLE | Interest::WRITABLE)?;
+    let mut events = Events::with_capacity(4);
+    let mut buf = [0u8; 4096];
+    loop {
+        written_all(stream, &mut hs)?;
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => return Err(ClientError::Proxy(hs.handle_eof())),
+                Ok(n) => {
+                    if let ProxyStep::Done { leftover } = hs.handle_bytes(&buf[..n]).map_err(ClientError::Proxy)? {
+                        poll.registry().reregister(stream, SOCKET, Interest::READABLE)?;
+                        return Ok(buf[n - leftover..n].to_vec());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // An answer read may call for the next request (SOCKS5 steps): write it first.
+        if !hs.output().is_empty() && written_all(stream, &mut hs)? {
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::Timeout);
+        }
+        match poll.poll(&mut events, Some(left)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes the proxy handshake's output until it is empty (true) or the socket would
+/// block (false).
+fn written_all(stream: &mut TcpStream, hs: &mut ProxyHandshake) -> io::Result<bool> {
+    while !hs.output().is_empty() {
+        match stream.write(hs.output()) {
+            Ok(n) => hs.consume_output(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
 }
 
 /// Non-blocking connect to one address, waiting for it to complete until `deadline`.

@@ -97,6 +97,18 @@ impl Socket {
         Ok(())
     }
 
+    /// Bytes the peer sent before this socket existed (behind a proxy's answer):
+    /// under TLS they are records for the record layer, else the engine's input.
+    pub(crate) fn preload(&mut self, bytes: &[u8], engine: &mut Connection, now: Instant) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.tls.as_mut() {
+            Some(tls) => tls.preload(bytes),
+            None => engine.handle_bytes(now, bytes),
+        }
+    }
+
     /// Why the TLS session failed, if it did.
     #[cfg(feature = "tls")]
     pub(crate) fn tls_error(&self) -> Option<&rustls::Error> {

@@ -470,6 +470,22 @@ mod enabled {
             Ok(true)
         }
 
+        /// Takes records that arrived before the socket was ours (behind a proxy's
+        /// answer); they are processed with the next read.
+        pub(crate) fn preload(&mut self, mut bytes: &[u8]) {
+            while !bytes.is_empty() {
+                match self.conn.read_tls(&mut bytes) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if let Err(e) = self.conn.process_new_packets() {
+                            self.error = Some(e);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+
         /// Records wait to be written.
         pub(crate) fn wants_write(&self) -> bool {
             self.conn.wants_write()
@@ -508,6 +524,10 @@ impl Tls {
     }
 
     pub(crate) fn close_notify(&mut self, _stream: &mut mio::net::TcpStream) {
+        match *self {}
+    }
+
+    pub(crate) fn preload(&mut self, _bytes: &[u8]) {
         match *self {}
     }
 }
