@@ -23,7 +23,6 @@ mod enabled {
     use std::path::{Path, PathBuf};
     use std::sync::{Arc, Mutex};
 
-    use mio::net::TcpStream;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     use rustls::{CertificateError, ClientConfig, RootCertStore, ServerConfig};
@@ -137,7 +136,7 @@ mod enabled {
         })
     }
 
-    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    pub(super) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
     }
 
@@ -411,7 +410,7 @@ mod enabled {
 
         /// Decrypted bytes into `buf`: what rustls holds first, then records read from
         /// the socket until it would block.
-        pub(crate) fn read(&mut self, stream: &mut TcpStream, buf: &mut [u8]) -> Read1 {
+        pub(crate) fn read(&mut self, stream: &mut impl Read, buf: &mut [u8]) -> Read1 {
             loop {
                 match self.conn.reader().read(buf) {
                     Ok(0) => return Read1::Eof, // the peer's close_notify
@@ -425,7 +424,6 @@ mod enabled {
                         if let Err(e) = self.conn.process_new_packets() {
                             // The alert rustls queued goes out at the next write.
                             self.error = Some(e);
-                            let _ = self.write_records(stream);
                             return Read1::Eof;
                         }
                     }
@@ -438,7 +436,7 @@ mod enabled {
 
         /// Encrypts the engine's output and writes records until the socket would
         /// block. `Err` only for a broken socket.
-        pub(crate) fn write(&mut self, stream: &mut TcpStream, engine: &mut Connection) -> io::Result<()> {
+        pub(crate) fn write(&mut self, stream: &mut impl Write, engine: &mut Connection) -> io::Result<()> {
             loop {
                 if !self.write_records(stream)? {
                     return Ok(()); // the socket is full; writability will call again
@@ -457,7 +455,7 @@ mod enabled {
         }
 
         /// Writes pending records; `Ok(false)` when the socket would block first.
-        fn write_records(&mut self, stream: &mut TcpStream) -> io::Result<bool> {
+        pub(crate) fn write_records(&mut self, stream: &mut impl Write) -> io::Result<bool> {
             while self.conn.wants_write() {
                 match self.conn.write_tls(stream) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -492,7 +490,7 @@ mod enabled {
         }
 
         /// Ends the TLS session (`close_notify`), written as far as the socket takes it.
-        pub(crate) fn close_notify(&mut self, stream: &mut TcpStream) {
+        pub(crate) fn close_notify(&mut self, stream: &mut impl Write) {
             self.conn.send_close_notify();
             let _ = self.write_records(stream);
         }
@@ -529,5 +527,214 @@ impl Tls {
 
     pub(crate) fn preload(&mut self, _bytes: &[u8]) {
         match *self {}
+    }
+}
+
+#[cfg(all(test, feature = "tls"))]
+mod tests {
+    //! The record layer pumped through in-memory pipes that take and give a few
+    //! bytes at a time (and say "would block" every other call): handshakes and
+    //! messages survive any split and short writes, and both endings (with and
+    //! without `close_notify`) end the connection.
+
+    use std::collections::VecDeque;
+    use std::io::{self, Read, Write};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    use super::enabled::provider;
+    use super::*;
+    use crate::net::conn::Read1;
+    use crate::{Accept, ClientRequest, Config, Connection, Event, State};
+    use rustls::{ClientConfig, RootCertStore};
+
+    /// One direction of a connection: at most `chunk` bytes per call, and every
+    /// other call would block.
+    struct Pipe {
+        bytes: VecDeque<u8>,
+        chunk: usize,
+        flip: bool,
+        closed: bool,
+    }
+
+    impl Pipe {
+        fn new(chunk: usize) -> Pipe {
+            Pipe { bytes: VecDeque::new(), chunk, flip: false, closed: false }
+        }
+
+        fn blocked(&mut self) -> bool {
+            self.flip = !self.flip;
+            self.flip
+        }
+    }
+
+    impl Read for Pipe {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.bytes.is_empty() {
+                return if self.closed { Ok(0) } else { Err(io::ErrorKind::WouldBlock.into()) };
+            }
+            if self.blocked() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.chunk).min(self.bytes.len());
+            for b in &mut buf[..n] {
+                *b = self.bytes.pop_front().unwrap_or_default();
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.blocked() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.chunk);
+            self.bytes.extend(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A TLS endpoint with its engine.
+    struct End {
+        tls: Tls,
+        engine: Connection,
+        events: Vec<Event>,
+        eof: bool,
+    }
+
+    impl End {
+        /// Writes what it can, reads what it can; a server accepts the request.
+        fn step(&mut self, out: &mut Pipe, input: &mut Pipe, now: Instant) {
+            self.tls.write(out, &mut self.engine).unwrap();
+            let mut buf = [0u8; 4096];
+            for _ in 0..64 {
+                match self.tls.read(input, &mut buf) {
+                    Read1::Data(n) => self.engine.handle_bytes(now, &buf[..n]),
+                    Read1::WouldBlock => break,
+                    Read1::Eof => {
+                        if !self.eof {
+                            self.eof = true;
+                            self.engine.handle_eof(now);
+                        }
+                        break;
+                    }
+                }
+            }
+            while let Some(e) = self.engine.poll_event() {
+                if let Event::Request(_) = e {
+                    self.engine.accept(now, Accept::new()).unwrap();
+                } else {
+                    self.events.push(e);
+                }
+            }
+        }
+    }
+
+    /// A connected client and server over pipes of `chunk` bytes.
+    fn pair(chunk: usize) -> (End, End, Pipe, Pipe) {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &ca, &ca_key).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+        let server_config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(leaf.der().to_vec())], key)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.der().to_vec())).unwrap();
+        let client_config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let now = Instant::now();
+        let request = ClientRequest::new("wss://localhost/").unwrap();
+        let client = End {
+            tls: TlsConnector::from_config(Arc::new(client_config)).connect("localhost").unwrap(),
+            engine: Connection::client(Config::default(), &request, now),
+            events: Vec::new(),
+            eof: false,
+        };
+        let server = End {
+            tls: TlsAcceptor::from_config(Arc::new(server_config)).accept().unwrap(),
+            engine: Connection::server(Config::default(), now),
+            events: Vec::new(),
+            eof: false,
+        };
+        (client, server, Pipe::new(chunk), Pipe::new(chunk))
+    }
+
+    /// Steps both ends until `done` or too many steps.
+    fn run(c: &mut End, s: &mut End, up: &mut Pipe, down: &mut Pipe, done: impl Fn(&End, &End) -> bool) {
+        let now = Instant::now();
+        for _ in 0..10_000_000 {
+            if done(c, s) {
+                return;
+            }
+            c.step(up, down, now);
+            s.step(down, up, now);
+        }
+        panic!("no progress: client {:?}, server {:?}", c.engine.state(), s.engine.state());
+    }
+
+    #[test]
+    fn handshake_and_messages_survive_one_byte_pieces_and_short_writes() {
+        let (mut c, mut s, mut up, mut down) = pair(1);
+        run(&mut c, &mut s, &mut up, &mut down, |c, s| c.engine.state() == State::Open && s.engine.state() == State::Open);
+        c.engine.send_text("one byte at a time").unwrap();
+        c.engine.send_binary(&[7]).unwrap();
+        run(&mut c, &mut s, &mut up, &mut down, |_, s| s.events.len() >= 3);
+        assert_eq!(s.events[1..], [Event::Text("one byte at a time".into()), Event::Binary(vec![7])]);
+    }
+
+    #[test]
+    fn a_16_mib_message_crosses_in_short_pieces() {
+        let (mut c, mut s, mut up, mut down) = pair(4093);
+        let big: Vec<u8> = (0..16 << 20).map(|i: usize| (i % 253) as u8).collect();
+        run(&mut c, &mut s, &mut up, &mut down, |c, _| c.engine.state() == State::Open);
+        c.engine.send_binary(&big).unwrap();
+        run(&mut c, &mut s, &mut up, &mut down, |_, s| s.events.len() >= 2);
+        assert!(s.events[1] == Event::Binary(big.clone()));
+        s.engine.send_binary(&big).unwrap();
+        run(&mut c, &mut s, &mut up, &mut down, |c, _| c.events.len() >= 2);
+        assert!(c.events[1] == Event::Binary(big));
+    }
+
+    #[test]
+    fn the_end_with_and_without_close_notify() {
+        for notify in [true, false] {
+            let (mut c, mut s, mut up, mut down) = pair(7);
+            run(&mut c, &mut s, &mut up, &mut down, |c, s| c.engine.state() == State::Open && s.engine.state() == State::Open);
+            c.engine.close(Instant::now(), crate::CloseCode::NORMAL, "bye").unwrap();
+            run(&mut c, &mut s, &mut up, &mut down, |_, s| s.engine.state() == State::Closed);
+            // The server has closed; its close reply and then the end of its stream reach the client.
+            while s.engine.bytes_to_write() > 0 || s.tls.wants_write() {
+                s.tls.write(&mut down, &mut s.engine).unwrap();
+            }
+            if notify {
+                s.tls.close_notify(&mut down);
+                while s.tls.wants_write() {
+                    let _ = s.tls.write_records(&mut down);
+                }
+            }
+            down.closed = true;
+            run(&mut c, &mut s, &mut up, &mut down, |c, _| c.engine.state() == State::Closed);
+            let Some(Event::Closed(closed)) = c.events.last() else { panic!("{:?}", c.events) };
+            assert!(closed.clean, "notify {notify}: {closed:?}");
+            assert_eq!(c.tls.error(), None, "notify {notify}");
+        }
     }
 }
