@@ -14,6 +14,8 @@
 # (examples/tokio_echo), tokio-tungstenite (echo, relay) and fastwebsockets (echo),
 # each on a single-threaded tokio runtime; and a raw TCP reflector that answers the
 # handshake and writes back what it reads (the syscall floor, no frame work).
+# echo-16B-tls runs the small echo over wss:// (a test CA and a localhost certificate
+# made with openssl) against rfc6455 and tokio-tungstenite with tokio-rustls.
 # SCENARIOS=echo-16B,echo-64KiB runs only those (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,19 @@ cargo build --release --quiet --example tokio_echo
 (cd benches/peers && cargo build --release --quiet)
 ours=target/release/rfc6455
 peers=benches/peers/target/release
+
+# wss://: a CA and a leaf for localhost, made once.
+tlsdir=$out/tls
+if [ ! -f "$tlsdir/leaf.pem" ]; then
+  mkdir -p "$tlsdir"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$tlsdir/ca.key" \
+    -out "$tlsdir/ca.pem" -days 3650 -subj "/CN=bench CA" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$tlsdir/leaf.key" \
+    -out "$tlsdir/leaf.csr" -subj "/CN=localhost" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >"$tlsdir/ext.cnf"
+  openssl x509 -req -in "$tlsdir/leaf.csr" -CA "$tlsdir/ca.pem" -CAkey "$tlsdir/ca.key" -CAcreateserial \
+    -out "$tlsdir/leaf.pem" -days 3650 -extfile "$tlsdir/ext.cnf" 2>/dev/null
+fi
 
 pin_server="taskset -c 0"
 pin_load="taskset -c 1"
@@ -54,6 +69,8 @@ start_server() {
   tungstenite-relay) $pin_server $peers/tungstenite_server 127.0.0.1:$port relay 2>/dev/null & ;;
   fastwebsockets-echo) $pin_server $peers/fastws_echo 127.0.0.1:$port 2>/dev/null & ;;
   tcp-floor) $pin_server $peers/tcp_reflector 127.0.0.1:$port 2>/dev/null & ;;
+  rfc6455-echo-tls) $pin_server $ours --log warn echo --listen 127.0.0.1:$port --tls-cert "$tlsdir/leaf.pem" --tls-key "$tlsdir/leaf.key" & ;;
+  tungstenite-echo-tls) $pin_server $peers/tungstenite_server 127.0.0.1:$port echo "$tlsdir/leaf.pem" "$tlsdir/leaf.key" 2>/dev/null & ;;
   esac
   server_pid=$!
   wait_port "$port"
@@ -77,7 +94,10 @@ scenario() {
       port=$(port_of)
       start_server "$srv" "$port"
       local log=$out/$scen-$srv-$run.txt
-      $pin_load $ours bench "$@" --url "ws://127.0.0.1:$port/bench" --server-pid "$server_pid" -d "$secs" -q >"$log" 2>&1 || true
+      local url="ws://127.0.0.1:$port/bench" tls_args=""
+      case $srv in *-tls) url="wss://localhost:$port/bench" tls_args="--ca $tlsdir/ca.pem" ;; esac
+      # shellcheck disable=SC2086
+      $pin_load $ours bench "$@" --url "$url" $tls_args --server-pid "$server_pid" -d "$secs" -q >"$log" 2>&1 || true
       stop_server
       # | Mode | conns | size | count | rate | MB/s | p50 | p99 | p99.9 | errors |
       local row rate p50 p99 cpu per
@@ -97,6 +117,7 @@ scenario() {
 
 scenario echo-16B "rfc6455-echo rfc6455-tokio-echo fastwebsockets-echo tungstenite-echo tcp-floor" echo -c 64 -n 16 -s 16
 scenario echo-64KiB "rfc6455-echo rfc6455-tokio-echo fastwebsockets-echo tungstenite-echo tcp-floor" echo -c 16 -n 4 -s 65536 --binary
+scenario echo-16B-tls "rfc6455-echo-tls tungstenite-echo-tls" echo -c 64 -n 16 -s 16
 scenario relay-100 "rfc6455-relay tungstenite-relay" relay -c 100 -n 16 -s 64
 scenario idle-10k "rfc6455-relay tungstenite-relay" idle -c 10000
 

@@ -8,7 +8,7 @@ set -eu
 cd "$(dirname "$0")"
 secs=${1:-40}
 [ $# -gt 0 ] && shift
-targets=${*:-"handshake_server handshake_client frames_server frames_client frames_deflate utf8 mask roundtrip api_sequence"}
+targets=${*:-"handshake_server handshake_client frames_server frames_client frames_deflate utf8 mask roundtrip api_sequence proxy"}
 command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1
 status=0

@@ -53,16 +53,17 @@
 //!
 //! * [`blocking`]: a `WebSocket` over any `Read + Write` stream, for scripts, tests
 //!   and thread-per-connection servers.
-//! * [`tokio`] (feature `tokio`, on by default): a `WebSocket` over any
+//! * `rfc6455::tokio` (feature `tokio`, on by default): a `WebSocket` over any
 //!   `AsyncRead + AsyncWrite` stream, with `next`/`send`/`feed`, `futures`
 //!   `Stream`/`Sink`, and reader/writer halves.
-//! * `net` (feature `net`): the mio event loop with the relay and echo servers.
+//! * `net` (feature `net`): the mio event loop with the relay and echo servers, TLS
+//!   (feature `tls`) and client proxies.
 //!
 //! With hyper or axum, the HTTP stack parses the upgrade request and this crate
 //! decides the answer without I/O: [`Request::from_parts`] checks the request,
 //! [`Request::negotiate`] gives the 101 response's headers (subprotocol,
 //! permessage-deflate) and the [`Negotiated`] parameters, and the upgraded stream
-//! becomes a [`tokio::WebSocket::upgraded`] (see `examples/hyper_echo.rs`). A client
+//! becomes a `rfc6455::tokio::WebSocket::upgraded` (see `examples/hyper_echo.rs`). A client
 //! whose HTTP request is sent by another stack uses [`ClientHandshake::request_headers`]
 //! and [`ClientHandshake::check_response`], then [`Connection::upgraded`].
 //!

@@ -199,7 +199,8 @@ impl Proxy {
                 return Ok(None);
             }
         }
-        let names: &[&str] = if secure { &["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] } else { &["http_proxy", "all_proxy", "ALL_PROXY"] };
+        let names: &[&str] =
+            if secure { &["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"] } else { &["http_proxy", "all_proxy", "ALL_PROXY"] };
         let Some((name, value)) = names.iter().find_map(|&n| get(n).map(|v| (n, v))) else {
             return Ok(None);
         };
@@ -295,6 +296,9 @@ fn parse_host_port(s: &str, default_port: u16) -> Result<(String, u16), ProxyErr
         };
         (h, port)
     } else {
+        if s.matches(':').count() > 1 {
+            return Err(invalid_url("more than one ':' after the host (an IPv6 address goes in brackets)"));
+        }
         let (h, port) = match s.split_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (s, None),
@@ -530,13 +534,21 @@ pub struct ProxyHandshake {
 
 enum Phase {
     /// HTTP: reading the response head to CONNECT.
-    HttpResponse { scan: HeadScan, credentials_sent: bool },
+    HttpResponse {
+        scan: HeadScan,
+        credentials_sent: bool,
+    },
     /// SOCKS5: the greeting is out, reading the method selection.
-    SocksMethod { auth_request: Option<Vec<u8>>, connect_request: Vec<u8> },
+    SocksMethod {
+        auth_request: Option<Vec<u8>>,
+        connect_request: Vec<u8>,
+    },
     /// SOCKS5: the RFC 1929 request is out, reading its status.
-    SocksAuth { connect_request: Vec<u8> },
+    SocksAuth {
+        connect_request: Vec<u8>,
+    },
     /// SOCKS5: the CONNECT request is out, reading the reply.
-    SocksReply { credentials_offered: bool },
+    SocksReply,
     Done,
     Failed(ProxyError),
 }
@@ -548,7 +560,7 @@ impl Phase {
             Phase::HttpResponse { .. } => "the HTTP CONNECT response",
             Phase::SocksMethod { .. } => "the SOCKS5 method selection",
             Phase::SocksAuth { .. } => "the SOCKS5 username/password authentication",
-            Phase::SocksReply { .. } => "the SOCKS5 CONNECT reply",
+            Phase::SocksReply => "the SOCKS5 CONNECT reply",
             Phase::Done => "the tunnel",
             Phase::Failed(_) => "a failed proxy handshake",
         }
@@ -607,7 +619,7 @@ impl ProxyHandshake {
 
     /// Marks `n` bytes of [`ProxyHandshake::output`] as written (at most all of them).
     pub fn consume_output(&mut self, n: usize) {
-        self.sent = (self.sent + n).min(self.out.len());
+        self.sent = self.sent.saturating_add(n).min(self.out.len());
         if self.sent == self.out.len() {
             self.out = Vec::new();
             self.sent = 0;
@@ -734,7 +746,7 @@ impl ProxyHandshake {
             }
             // RFC 1929's version byte (1) is not checked: some servers answer 5.
             Phase::SocksAuth { .. } => Ok(2),
-            Phase::SocksReply { .. } => socks_reply_len(b),
+            Phase::SocksReply => socks_reply_len(b),
             _ => Ok(0),
         }
     }
@@ -746,18 +758,18 @@ impl ProxyHandshake {
             Phase::SocksMethod { auth_request, connect_request } => {
                 let credentials_offered = auth_request.is_some();
                 match (self.buf[1], auth_request) {
-                    (0x00, _) => self.send(connect_request, Phase::SocksReply { credentials_offered }),
+                    (0x00, _) => self.send(connect_request, Phase::SocksReply),
                     (0x02, Some(auth)) => self.send(auth, Phase::SocksAuth { connect_request }),
                     (0xFF, _) => return Err(ProxyError::NoAcceptableMethod { credentials_offered }),
                     (m, _) => return Err(ProxyError::UnexpectedMethod(m)),
                 }
             }
             Phase::SocksAuth { connect_request } => match self.buf[1] {
-                0 => self.send(connect_request, Phase::SocksReply { credentials_offered: true }),
+                0 => self.send(connect_request, Phase::SocksReply),
                 status => return Err(ProxyError::AuthFailed { status }),
             },
             // The reply's checks are in `socks_reply_len`: complete means success.
-            Phase::SocksReply { .. } => Phase::Done,
+            Phase::SocksReply => Phase::Done,
             other => other,
         };
         Ok(())
@@ -1056,10 +1068,11 @@ mod tests {
         let proxy = Proxy::parse("http://p:3128").unwrap();
         let mut hs = ProxyHandshake::new(&proxy, Target::Name("h".into(), 80)).unwrap();
         let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();
-        while answer.len() < MAX_RESPONSE_HEAD - 100 {
-            answer.extend_from_slice(b"X-Filler: 0123456789\r\n");
+        for _ in 0..8 {
+            answer.extend_from_slice(format!("X-Filler: {}\r\n", "f".repeat(1000)).as_bytes());
         }
         answer.extend_from_slice(b"\r\n");
+        assert!(answer.len() <= MAX_RESPONSE_HEAD);
         for (i, b) in answer.iter().enumerate() {
             let step = hs.handle_bytes(std::slice::from_ref(b)).unwrap();
             assert_eq!(step == ProxyStep::NeedMore, i + 1 < answer.len());

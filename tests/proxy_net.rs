@@ -300,7 +300,7 @@ fn the_command_line_takes_the_proxy_from_the_flag_or_the_environment() {
     assert!(ok(&run(&["--proxy", &format!("socks5h://{open}")], &[])));
     // The environment: a proxy that refuses us proves it was used; no_proxy bypasses it.
     let env_proxy = ("all_proxy", format!("socks5h://{locked}"));
-    let refused = run(&[], &[env_proxy.clone()]);
+    let refused = run(&[], std::slice::from_ref(&env_proxy));
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("SOCKS5") && stderr.lines().count() == 1, "{stderr}");
     assert!(ok(&run(&[], &[env_proxy.clone(), ("no_proxy", "localhost".to_owned())])));

@@ -233,7 +233,7 @@ impl Connection {
     ///
     /// A client's masking keys come from an OS-seeded CSPRNG
     /// ([`Connection::set_mask_generator`] replaces it). With deflate agreed but off
-    /// in `config`, the compressor uses [`crate::DeflateConfig`]'s defaults.
+    /// in `config`, the compressor uses the default `DeflateConfig`.
     pub fn upgraded(role: Role, config: impl Into<Arc<Config>>, negotiated: &Negotiated, now: Instant) -> Self {
         let masks: Option<Box<dyn MaskGenerator>> = match role {
             Role::Client => Some(Box::new(RandomMaskGenerator::new())),

@@ -1,5 +1,6 @@
 //! tokio-tungstenite echo or relay server on a single-threaded runtime.
-//! Usage: tungstenite_server ADDR [echo|relay]
+//! Usage: tungstenite_server ADDR [echo|relay] [CERT.pem KEY.pem]  (with a certificate:
+//! wss:// through tokio-rustls on the ring provider, the way its users serve TLS).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -12,9 +13,29 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Peers = Rc<RefCell<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
 
+/// The TLS acceptor for a certificate chain and key in PEM files.
+fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+}
+
 fn main() {
     let addr = rfc6455_peers::addr_arg("127.0.0.1:9102");
     let relay = std::env::args().nth(2).as_deref() == Some("relay");
+    let tls = match (std::env::args().nth(3), std::env::args().nth(4)) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(&cert, &key)),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
@@ -28,6 +49,20 @@ fn main() {
             next_id += 1;
             let id = next_id;
             let peers = peers.clone();
+            if let Some(tls) = tls.clone() {
+                // wss:// echo: the same loop over the TLS stream.
+                tokio::task::spawn_local(async move {
+                    let Ok(stream) = tls.accept(stream).await else { return };
+                    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                    let (mut tx, mut rx) = ws.split();
+                    while let Some(Ok(msg)) = rx.next().await {
+                        if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                continue;
+            }
             tokio::task::spawn_local(async move {
                 let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
                 if !relay {
