@@ -6,6 +6,7 @@
 #   autobahn/run.sh tokio-server      ... against examples/tokio_echo (tokio driver)
 #   autobahn/run.sh hyper-server      ... against examples/hyper_echo (hyper upgrade + tokio driver)
 #   autobahn/run.sh blocking-server   ... against examples/blocking_echo (blocking std driver)
+#   autobahn/run.sh tls-server        ... against `rfc6455 echo` over wss:// (a test certificate)
 #   autobahn/run.sh tokio-client      examples/tokio_autobahn_client against wstest (fuzzingserver)
 #   autobahn/run.sh                   all of them (several sides may be named at once)
 #
@@ -20,7 +21,7 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 sides=${*:-all}
-[ "$sides" = all ] && sides="server client tokio-server hyper-server blocking-server tokio-client"
+[ "$sides" = all ] && sides="server client tls-server tokio-server hyper-server blocking-server tokio-client"
 wstest=$(sh "$here/install.sh")
 (cd "$root" && cargo build --release --quiet && cargo build --release --quiet --examples)
 bin="$root/target/release/rfc6455"
@@ -55,17 +56,26 @@ for side in $sides; do
   rm -rf "$here/reports/$side"
   start=$(date +%s)
   case $side in
-  server | tokio-server | hyper-server | blocking-server)
+  server | tls-server | tokio-server | hyper-server | blocking-server)
+    scheme=ws
     case $side in
     # The binary's defaults (16 MiB messages pass 9.x); only --deflate for 12.x and 13.x.
     server) "$bin" --log warn echo --listen "127.0.0.1:$port" --deflate >"$work/server.log" 2>&1 & ;;
     tokio-server) "$examples/tokio_echo" "127.0.0.1:$port" >"$work/server.log" 2>&1 & ;;
     hyper-server) "$examples/hyper_echo" "127.0.0.1:$port" >"$work/server.log" 2>&1 & ;;
     blocking-server) "$examples/blocking_echo" "127.0.0.1:$port" >"$work/server.log" 2>&1 & ;;
+    tls-server)
+      # wstest's client does not verify certificates: a self-signed one will do.
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$work/key.pem" \
+        -out "$work/cert.pem" -days 2 -subj "/CN=localhost" >/dev/null 2>&1
+      scheme=wss
+      "$bin" --log warn echo --listen "127.0.0.1:$port" --deflate --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" \
+        >"$work/server.log" 2>&1 &
+      ;;
     esac
     pid=$!
     wait_port "$port"
-    sed -e "s#ws://127.0.0.1:9002#ws://127.0.0.1:$port#" -e "s#\"cases\": \[\"\*\"\]#\"cases\": $cases_json#" \
+    sed -e "s#ws://127.0.0.1:9002#$scheme://127.0.0.1:$port#" -e "s#\"cases\": \[\"\*\"\]#\"cases\": $cases_json#" \
       -e "s#\"./reports/server\"#\"$here/reports/$side\"#" "$here/fuzzingclient.json" >"$work/spec.json"
     (cd "$work" && "$wstest" -m fuzzingclient -s spec.json >"$work/wstest.log" 2>&1) || { tail -20 "$work/wstest.log"; status=1; }
     kill "$pid" 2>/dev/null || true
@@ -87,7 +97,7 @@ for side in $sides; do
     pid=
     ;;
   *)
-    echo "usage: $0 [server|client|tokio-server|hyper-server|blocking-server|tokio-client ...]" >&2
+    echo "usage: $0 [server|client|tls-server|tokio-server|hyper-server|blocking-server|tokio-client ...]" >&2
     exit 2
     ;;
   esac

@@ -309,3 +309,83 @@ fn a_silent_tls_client_is_dropped_at_the_handshake_timeout() {
     assert!(start.elapsed() < std::time::Duration::from_secs(5), "{:?}", start.elapsed());
     server.wait_connections(0);
 }
+
+/// `rfc6455 echo --tls-cert --tls-key` reloads its files on SIGHUP: a client trusting
+/// only the new CA gets in after it, one trusting only the old one no longer does.
+#[test]
+fn sighup_reloads_the_certificate_of_the_running_server() {
+    use std::io::BufRead;
+    let dir = Dir::new("sighup");
+    let (_ca, ca_file, files) = standard(&dir);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = Command::new(rfc6455_bin())
+        .args(["--log", "info", "echo", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--tls-cert", files.cert.to_str().unwrap(), "--tls-key", files.key.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let server = Kill(server);
+    let mut wait_for = |what: &str| loop {
+        let line = lines.next().expect("the server's log ended").unwrap();
+        if line.contains(what) {
+            return line;
+        }
+    };
+    assert!(wait_for("listening on").contains(&format!("wss://127.0.0.1:{port}")));
+    let url = format!("wss://localhost:{port}/");
+    connect(&url, TlsClientOptions::new().ca_file(&ca_file)).unwrap();
+
+    let ca2 = Ca::new("second CA");
+    let (cert, key) = ca2.leaf(&["localhost"], false);
+    std::fs::write(&files.cert, cert).unwrap();
+    std::fs::write(&files.key, key).unwrap();
+    let ca2_file = dir.write("ca2.pem", &ca2.cert.pem());
+    let status = Command::new("kill").args(["-HUP", &server.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_for("TLS certificate reloaded");
+    let mut c = connect(&url, TlsClientOptions::new().ca_file(&ca2_file)).unwrap();
+    c.send_text("reloaded").unwrap();
+    assert_eq!(next_message(&mut c).1, b"reloaded");
+    assert!(connect(&url, TlsClientOptions::new().ca_file(&ca_file)).is_err());
+}
+
+/// `rfc6455 client` says what is wrong with a certificate in one line and exits 1;
+/// `--insecure` warns and connects.
+#[test]
+fn the_command_line_client_reports_certificate_errors_in_one_line() {
+    let dir = Dir::new("cli-client");
+    let (_ca, ca_file, files) = standard(&dir);
+    let (server, _) = tls_echo(files);
+    let url = format!("wss://localhost:{}/", server.addr.port());
+    let other = dir.write("other.pem", &Ca::new("other").cert.pem());
+    let run = |args: &[&str]| {
+        let mut child = Command::new(rfc6455_bin())
+            .args(["client", &url])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"hi\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&["--ca", other.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: ") && stderr.contains("unknown issuer"), "{stderr}");
+    let out = run(&["--ca", ca_file.to_str().unwrap(), "-q"]);
+    assert!(out.status.success() && out.stdout == b"hi\n", "{out:?}");
+    let out = run(&["--insecure", "-q"]);
+    assert!(out.status.success() && out.stdout == b"hi\n", "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("warning: --insecure"));
+}

@@ -219,7 +219,12 @@ impl Client {
                     client.handshake(deadline)?;
                     return Ok(client);
                 }
-                Err(e) => last_err = e,
+                Err(e) => {
+                    last_err = match &opts.proxy {
+                        Some(proxy) => io::Error::new(e.kind(), format!("cannot reach the proxy {proxy}: {e}")),
+                        None => e,
+                    }
+                }
             }
         }
         if Instant::now() >= deadline { Err(ClientError::Timeout) } else { Err(last_err.into()) }
