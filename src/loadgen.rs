@@ -251,7 +251,16 @@ impl Target {
     fn new(p: &Params) -> io::Result<Target> {
         let request = ClientRequest::new(&p.url).map_err(|e| invalid(e.to_string()))?;
         let url = request.url();
+        if !url.secure && (p.insecure || !p.ca_files.is_empty()) {
+            return Err(invalid("--ca and --insecure are for wss:// URLs"));
+        }
+        if p.insecure && !p.ca_files.is_empty() {
+            return Err(invalid("--insecure accepts any certificate: it does not go with --ca"));
+        }
         let tls = if url.secure {
+            if p.insecure {
+                eprintln!("warning: --insecure: the server's certificate is not checked");
+            }
             let mut opts = TlsClientOptions::new().insecure(p.insecure);
             for ca in &p.ca_files {
                 opts = opts.ca_file(ca);
@@ -456,12 +465,26 @@ impl Wire {
     /// Writes plaintext; under TLS it is accepted into records, which are written
     /// until the socket would block.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let Some(tls) = self.tls.as_mut() else { return self.stream.write(data) };
-        let taken = tls.writer().write(data)?;
-        while tls.wants_write() {
-            tls.write_tls(&mut self.stream)?;
+        if self.tls.is_none() {
+            return self.stream.write(data);
         }
+        // Records first: a full socket stops them, not the plaintext rustls took.
+        self.write_records()?;
+        let taken = self.tls.as_mut().map_or(Ok(0), |tls| tls.writer().write(data))?;
+        self.write_records()?;
         if taken == 0 { Err(io::ErrorKind::WouldBlock.into()) } else { Ok(taken) }
+    }
+
+    /// Writes TLS records until none is left (true) or the socket would block (false).
+    fn write_records(&mut self) -> io::Result<bool> {
+        let Some(tls) = self.tls.as_mut() else { return Ok(true) };
+        while tls.wants_write() {
+            match tls.write_tls(&mut self.stream) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                other => other.map(drop)?,
+            }
+        }
+        Ok(true)
     }
 
     /// TLS records wait for the socket.
@@ -487,7 +510,7 @@ struct Conn {
 impl Conn {
     /// Writes what is queued; false if the connection died.
     fn flush(&mut self) -> bool {
-        while self.out_pos < self.out.len() || self.wire.wants_write() {
+        while self.out_pos < self.out.len() {
             match self.wire.write(&self.out[self.out_pos..]) {
                 Ok(0) => return false,
                 Ok(n) => self.out_pos += n,
@@ -495,6 +518,11 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return false,
             }
+        }
+        match self.wire.write_records() {
+            Ok(true) => {}
+            Ok(false) => return true,
+            Err(_) => return false,
         }
         self.out.clear();
         self.out_pos = 0;

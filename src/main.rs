@@ -120,9 +120,15 @@ struct ClientTlsArgs {
 
 impl ClientTlsArgs {
     /// The TLS connector these settings describe, if they say anything.
-    fn connector(&self) -> Result<Option<TlsConnector>, String> {
+    fn connector(&self, secure: bool) -> Result<Option<TlsConnector>, String> {
         if self.ca_files.is_empty() && !self.insecure && self.client_cert.is_none() {
             return Ok(None);
+        }
+        if !secure {
+            return Err("--ca, --insecure, --client-cert and --client-key are for wss:// URLs".to_owned());
+        }
+        if self.insecure && !self.ca_files.is_empty() {
+            return Err("--insecure accepts any certificate: it does not go with --ca".to_owned());
         }
         if self.insecure {
             eprintln!(
@@ -269,7 +275,7 @@ fn main() -> ExitCode {
                 ..Config::default()
             };
             opts.config.ping_interval = ping_interval;
-            opts.tls = match tls.connector() {
+            opts.tls = match tls.connector(opts.request.url().secure) {
                 Ok(t) => t,
                 Err(e) => return fatal(&e),
             };

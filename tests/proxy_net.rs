@@ -169,7 +169,7 @@ fn our_test_proxies_with_and_without_credentials() {
     echo_through(&url, &format!("http://{http}"));
     echo_through(&url, &format!("http://ann:s3cret@{http_auth}"));
     echo_through(&url, &format!("socks5h://{socks}"));
-    echo_through(&url, &format!("socks5://{socks}"));
+    echo_through(&format!("ws://127.0.0.1:{}/", server.addr.port()), &format!("socks5://{socks}"));
     echo_through(&url, &format!("socks5h://ann:s3cret@{socks_auth}"));
 
     // Each refusal is what it is.
@@ -229,7 +229,7 @@ fn microsocks_from_debian_with_and_without_credentials() {
     let _b = daemon("microsocks", &["-i", "127.0.0.1", "-p", &locked.to_string(), "-u", "ann", "-P", "s3cret"]);
     wait_listening(open, "microsocks");
     wait_listening(locked, "microsocks");
-    echo_through(&url, &format!("socks5://127.0.0.1:{open}"));
+    echo_through(&format!("ws://127.0.0.1:{}/", server.addr.port()), &format!("socks5://127.0.0.1:{open}"));
     echo_through(&url, &format!("socks5h://127.0.0.1:{open}"));
     echo_through(&url, &format!("socks5h://ann:s3cret@127.0.0.1:{locked}"));
     let e = connect_via(&url, &format!("socks5h://ann:nope@127.0.0.1:{locked}")).unwrap_err();

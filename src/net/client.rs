@@ -115,7 +115,18 @@ impl fmt::Display for ClientError {
             #[cfg(feature = "tls")]
             ClientError::TlsConfig(e) => write!(f, "{e}"),
             #[cfg(feature = "tls")]
-            ClientError::Tls(e) => write!(f, "TLS handshake failed: {}", crate::net::tls::describe(e)),
+            ClientError::Tls(e) => {
+                write!(f, "TLS handshake failed: {}", crate::net::tls::describe(e))?;
+                match e {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                        f.write_str("; --ca FILE adds a CA to trust")
+                    }
+                    rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                        f.write_str(" (--client-cert, --client-key)")
+                    }
+                    _ => Ok(()),
+                }
+            }
             ClientError::Io(e) => write!(f, "connection failed: {e}"),
             ClientError::Closed(c) => match &c.error {
                 Some(e) => write!(f, "{e}"),
@@ -184,7 +195,10 @@ impl Client {
         };
         // Through a proxy, TCP goes to the proxy and the tunnel to the server.
         let addrs: Vec<SocketAddr> = match &opts.proxy {
-            Some(proxy) => (proxy.host(), proxy.port()).to_socket_addrs()?.collect(),
+            Some(proxy) => (proxy.host(), proxy.port())
+                .to_socket_addrs()
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve the proxy {proxy}: {e}")))?
+                .collect(),
             None => (req.url().host.as_str(), req.url().port).to_socket_addrs()?.collect(),
         };
         let mut last_err = io::Error::new(io::ErrorKind::NotFound, "host has no addresses");
@@ -232,7 +246,14 @@ impl Client {
 
     fn handshake(&mut self, deadline: Instant) -> Result<(), ClientError> {
         loop {
-            self.turn(Some(deadline.saturating_duration_since(Instant::now())))?;
+            if let Err(e) = self.turn(Some(deadline.saturating_duration_since(Instant::now()))) {
+                // A TLS failure shows up as a failed write: report what TLS said.
+                #[cfg(feature = "tls")]
+                if let Some(tls) = self.socket.tls_error() {
+                    return Err(ClientError::Tls(tls.clone()));
+                }
+                return Err(e.into());
+            }
             while let Some(ev) = self.engine.poll_event() {
                 match ev {
                     Event::Open { .. } => return Ok(()),
@@ -312,7 +333,7 @@ impl Client {
                 if let Event::Closed(_) = ev {
                     // "Closed" means: flush, then close the socket.
                     let _ = self.flush_now();
-                    self.socket.shutdown_write();
+                    self.socket.end_session();
                     let _ = self.socket.stream.shutdown(std::net::Shutdown::Both);
                     self.socket.eof = true;
                 }
@@ -429,7 +450,11 @@ fn tunnel(poll: &mut Poll, stream: &mut TcpStream, proxy: &Proxy, url: &crate::U
     let target = if proxy.kind().resolves_names() {
         ProxyTarget::Name(url.host.clone(), url.port)
     } else {
-        let addr = (url.host.as_str(), url.port).to_socket_addrs()?.next();
+        // We resolve: an address of the family the proxy itself was reached over,
+        // else the first (the proxy tries the one address it is given).
+        let addrs: Vec<SocketAddr> = (url.host.as_str(), url.port).to_socket_addrs()?.collect();
+        let family_v4 = stream.peer_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+        let addr = addrs.iter().find(|a| a.is_ipv4() == family_v4).or(addrs.first()).copied();
         ProxyTarget::Addr(addr.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the server's host has no addresses"))?)
     };
     let mut hs = ProxyHandshake::new(proxy, target).map_err(ClientError::Proxy)?;

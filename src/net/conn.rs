@@ -41,11 +41,13 @@ pub(crate) struct Socket {
     pub(crate) eof: bool,
     /// WRITABLE interest is registered (only while output is pending).
     pub(crate) want_write: bool,
+    /// TLS: our `close_notify` is queued.
+    notified: bool,
 }
 
 impl Socket {
     pub(crate) fn new(stream: TcpStream) -> Self {
-        Self { stream, tls: None, lingering: false, eof: false, want_write: false }
+        Self { stream, tls: None, lingering: false, eof: false, want_write: false, notified: false }
     }
 
     /// A stream under TLS.
@@ -120,12 +122,21 @@ impl Socket {
         engine.bytes_to_write() > 0 || self.tls.as_ref().is_some_and(|t| t.wants_write())
     }
 
-    /// Starts the lingering close: no more writes (after TLS's `close_notify`); wait
-    /// for the peer's FIN.
-    pub(crate) fn shutdown_write(&mut self) {
-        if let Some(tls) = self.tls.as_mut() {
+    /// Ends the TLS session (`close_notify`, once) and writes what the socket takes;
+    /// true once nothing is left to write, so the write side may be shut. Plain TCP
+    /// has nothing to end.
+    pub(crate) fn end_session(&mut self) -> bool {
+        let Some(tls) = self.tls.as_mut() else { return true };
+        if !self.notified {
+            self.notified = true;
             tls.close_notify(&mut self.stream);
         }
+        !tls.wants_write()
+    }
+
+    /// Starts the lingering close: no more writes (call once [`Socket::end_session`]
+    /// is done); wait for the peer's FIN.
+    pub(crate) fn shutdown_write(&mut self) {
         let _ = self.stream.shutdown(Shutdown::Write);
         self.lingering = true;
     }

@@ -560,9 +560,12 @@ impl<H: Handler> Server<H> {
         let Some(conn) = self.conns.at(i) else { return };
         let closed = conn.engine.state() == State::Closed;
         if closed && conn.socket.eof {
+            // The peer is gone; a TLS session still gets our close_notify, as the socket takes it.
+            conn.socket.end_session();
             return self.remove(i);
         }
-        if closed && !conn.socket.has_output(&conn.engine) && !conn.socket.lingering {
+        // Under TLS the write side is shut once close_notify has left too.
+        if closed && !conn.socket.has_output(&conn.engine) && !conn.socket.lingering && conn.socket.end_session() {
             conn.socket.shutdown_write();
             conn.drop_at = Some(now + linger);
             // The peer's FIN may already be waiting.

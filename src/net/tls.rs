@@ -32,9 +32,9 @@ mod enabled {
 
     /// At most this many engine output slices go to rustls in one call.
     const MAX_SLICES: usize = 64;
-    /// Plaintext rustls buffers before the peer's records are read: our output waits
-    /// in the engine (bounded by the server's policies), not in rustls.
-    const SEND_BUFFER_LIMIT: usize = 64 * 1024;
+    /// Plaintext rustls buffers for sending: our backlog waits in the engine (bounded
+    /// by the server's policies), not in rustls.
+    const SEND_BUFFER_LIMIT: usize = 16 * 1024;
 
     /// Why a certificate, key or trust store could not be loaded.
     #[derive(Debug)]
@@ -80,11 +80,14 @@ mod enabled {
 
     impl std::error::Error for TlsError {}
 
-    /// A certificate error in words, for one line of output: what is wrong with the
-    /// peer's certificate rather than rustls' debug names.
+    /// A TLS failure in words, for one line of output: what is wrong with the peer's
+    /// certificate rather than rustls' debug names.
     pub fn describe(e: &rustls::Error) -> String {
         match e {
             rustls::Error::InvalidCertificate(c) => format!("certificate rejected: {}", describe_certificate(c)),
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+                "the server requires a client certificate".to_owned()
+            }
             rustls::Error::AlertReceived(a) => format!("the peer refused the TLS handshake (alert {a:?})"),
             rustls::Error::NoCertificatesPresented => "the peer presented no certificate".to_owned(),
             other => other.to_string(),
@@ -93,22 +96,31 @@ mod enabled {
 
     fn describe_certificate(c: &CertificateError) -> String {
         match c {
-            CertificateError::UnknownIssuer => "unknown issuer (not signed by a trusted CA; --ca FILE adds one)".to_owned(),
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
-                format!("name mismatch ({c:?})")
+            CertificateError::UnknownIssuer => "unknown issuer (not signed by a trusted CA)".to_owned(),
+            CertificateError::NotValidForNameContext { expected, presented } => {
+                format!("name mismatch (it is for {}, not {})", presented.join(", "), expected.to_str())
             }
+            CertificateError::NotValidForName => "name mismatch".to_owned(),
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired".to_owned(),
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => "not valid yet".to_owned(),
             CertificateError::Revoked => "revoked".to_owned(),
             CertificateError::BadSignature => "bad signature".to_owned(),
             CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-                "not valid for this purpose (a CA certificate used as a server certificate?)".to_owned()
+                "not valid for this purpose (its extended key usage does not allow it)".to_owned()
             }
+            // webpki's error (not re-exported by rustls) names this case in its text.
             CertificateError::Other(o) if o.to_string().contains("CaUsedAsEndEntity") => {
                 "a CA certificate used as a server certificate".to_owned()
             }
             other => format!("{other:?}"),
         }
+    }
+
+    /// The system's trust anchors, read once per process (unreadable ones skipped, as
+    /// curl does).
+    fn system_roots() -> &'static [CertificateDer<'static>] {
+        static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+        ROOTS.get_or_init(|| rustls_native_certs::load_native_certs().certs)
     }
 
     fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -306,9 +318,7 @@ mod enabled {
             } else {
                 let mut roots = RootCertStore::empty();
                 if !opts.no_system_roots {
-                    // Unreadable system certificates are skipped, as curl does.
-                    let found = rustls_native_certs::load_native_certs();
-                    roots.add_parsable_certificates(found.certs);
+                    roots.add_parsable_certificates(system_roots().iter().cloned());
                 }
                 for ca in &opts.ca_files {
                     for cert in load_certificates(ca)? {
@@ -736,5 +746,21 @@ mod tests {
             assert!(closed.clean, "notify {notify}: {closed:?}");
             assert_eq!(c.tls.error(), None, "notify {notify}");
         }
+    }
+
+    #[test]
+    fn a_stream_cut_without_close_frames_or_close_notify_is_an_abnormal_end() {
+        let (mut c, mut s, mut up, mut down) = pair(5);
+        run(&mut c, &mut s, &mut up, &mut down, |c, s| c.engine.state() == State::Open && s.engine.state() == State::Open);
+        s.engine.send_text("half").unwrap();
+        s.tls.write(&mut down, &mut s.engine).unwrap();
+        // The connection is cut in the middle of the records.
+        down.bytes.truncate(down.bytes.len() / 2);
+        down.closed = true;
+        run(&mut c, &mut s, &mut up, &mut down, |c, _| c.engine.state() == State::Closed);
+        let Some(Event::Closed(closed)) = c.events.last() else { panic!("{:?}", c.events) };
+        assert!(!closed.clean);
+        assert_eq!(closed.code(), crate::CloseCode::ABNORMAL);
+        assert!(!c.events.iter().any(|e| matches!(e, Event::Text(_))), "no message from a cut record");
     }
 }
