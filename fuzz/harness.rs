@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rfc6455::proto::mask::{apply_mask, apply_mask_reference};
 use rfc6455::proto::utf8::Utf8Validator;
+use rfc6455::proxy::{MAX_RESPONSE_HEAD, Proxy, ProxyError, ProxyHandshake, ProxyStep, Target};
 use rfc6455::{Accept, ClientRequest, CloseCode, Config, Connection, Event, FixedMaskGenerator, MessageKind, State};
 
 /// Small limits, so that the limit paths are reachable.
@@ -385,4 +386,75 @@ pub fn api_sequence(data: &[u8]) {
         let bound = 2 * sent_by_app + 64 * 1024 + 300 * data.len();
         assert!(c_to_s.len() + s_to_c.len() <= bound, "unbounded output");
     }
+}
+
+// ------------------------------------------------------------------ the proxy step
+
+#[derive(Debug, PartialEq, Eq)]
+enum ProxyVerdict {
+    NeedMore,
+    Done { tunnel: Vec<u8> },
+    Failed(ProxyError),
+}
+
+const PROXIES: [&str; 4] = ["http://proxy:3128", "http://ann:pw@proxy:3128", "socks5h://proxy:1080", "socks5h://ann:pw@proxy:1080"];
+
+/// The client proxy step (`rfc6455::proxy`): the answer after the first byte goes, in
+/// the reads that byte chooses and whole, to HTTP CONNECT and SOCKS5 machines with and
+/// without credentials. Never a panic; the memory held stays within
+/// `MAX_RESPONSE_HEAD`; what is sent stays small; `leftover` never exceeds the read;
+/// the outcome (verdict, bytes after the answer, bytes sent) is the same whatever the split.
+pub fn proxy(data: &[u8]) {
+    let Some((_, answer)) = data.split_first() else { return };
+    let chunks = reads(data);
+    for url in PROXIES {
+        let proxy = Proxy::parse(url).expect("a valid proxy URL");
+        let make = || ProxyHandshake::new(&proxy, Target::Name("example.com".into(), 443)).expect("a valid target");
+        let split = feed_proxy(make(), &chunks);
+        let whole = feed_proxy(make(), &[answer]);
+        assert_eq!(split, whole, "{url}: the split changed the outcome");
+    }
+}
+
+/// Feeds the reads, writing the output before each as a driver would; returns the
+/// verdict and every byte sent.
+fn feed_proxy(mut hs: ProxyHandshake, chunks: &[&[u8]]) -> (ProxyVerdict, Vec<u8>) {
+    let mut sent = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        drain_proxy(&mut hs, &mut sent);
+        let step = hs.handle_bytes(chunk);
+        assert!(hs.buffered_bytes() <= MAX_RESPONSE_HEAD, "{} bytes held", hs.buffered_bytes());
+        assert!(sent.len() + hs.output().len() <= 1024, "{} bytes to send", sent.len() + hs.output().len());
+        match step {
+            Ok(ProxyStep::NeedMore) => assert!(!hs.is_done()),
+            Ok(ProxyStep::Done { leftover }) => {
+                assert!(leftover <= chunk.len());
+                assert!(hs.is_done());
+                assert_eq!(hs.handle_bytes(b"x"), Err(ProxyError::Finished));
+                let mut tunnel = chunk[chunk.len() - leftover..].to_vec();
+                chunks[i + 1..].iter().for_each(|c| tunnel.extend_from_slice(c));
+                drain_proxy(&mut hs, &mut sent);
+                return (ProxyVerdict::Done { tunnel }, sent);
+            }
+            Err(e) => {
+                assert!(!e.to_string().contains('\n'));
+                assert_eq!(hs.handle_bytes(b"x"), Err(e.clone()), "errors are final");
+                drain_proxy(&mut hs, &mut sent);
+                return (ProxyVerdict::Failed(e), sent);
+            }
+        }
+    }
+    drain_proxy(&mut hs, &mut sent);
+    if !hs.is_done() {
+        let eof = hs.handle_eof();
+        assert!(matches!(eof, ProxyError::UnexpectedEof { .. }), "{eof:?}");
+    }
+    (ProxyVerdict::NeedMore, sent)
+}
+
+/// Moves the output to `sent`, as a socket that takes everything would.
+fn drain_proxy(hs: &mut ProxyHandshake, sent: &mut Vec<u8>) {
+    sent.extend_from_slice(hs.output());
+    hs.consume_output(usize::MAX);
+    assert!(hs.output().is_empty());
 }

@@ -67,3 +67,8 @@ fn roundtrip() {
 fn api_sequence() {
     replay("api_sequence", harness::api_sequence);
 }
+
+#[test]
+fn proxy() {
+    replay("proxy", harness::proxy);
+}
