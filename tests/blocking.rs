@@ -4,6 +4,9 @@
 //! failing and trickling streams, and the two blocking examples run as programs.
 //! Every wait is bounded (read timeouts on both ends, joined threads).
 
+#[path = "common/tungstenite_peer.rs"]
+mod tungstenite_peer;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -220,23 +223,7 @@ fn client_talks_to_a_tungstenite_server() {
     let (listener, addr) = listen();
     let server = thread::spawn(move || {
         let mut ws = tungstenite_server(&listener);
-        let mut seen = Vec::new();
-        loop {
-            match ws.read() {
-                Ok(msg @ (TMessage::Text(_) | TMessage::Binary(_))) => {
-                    seen.push(msg.clone());
-                    ws.send(msg).unwrap();
-                }
-                Ok(TMessage::Close(frame)) => {
-                    seen.push(TMessage::Close(frame));
-                    // The reply is queued; flushing writes it. Then the server drops TCP.
-                    let _ = ws.flush();
-                    return seen;
-                }
-                Ok(_) => {}
-                Err(e) => panic!("tungstenite server: {e}"),
-            }
-        }
+        tungstenite_peer::echo_until_close(&mut ws)
     });
 
     let mut ws = blocking::connect(&format!("ws://{addr}/chat"), Config::default()).unwrap();

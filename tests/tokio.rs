@@ -19,6 +19,9 @@
 
 mod common;
 
+#[path = "common/tungstenite_peer.rs"]
+mod tungstenite_peer;
+
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
@@ -426,23 +429,7 @@ async fn our_client_talks_to_a_tungstenite_server() {
     let server = thread::spawn(move || {
         let (tcp, _) = listener.accept().unwrap();
         let mut ws = tungstenite::accept(std_bounded(tcp)).expect("tungstenite's server handshake");
-        let mut seen = Vec::new();
-        loop {
-            match ws.read() {
-                Ok(msg @ (TMessage::Text(_) | TMessage::Binary(_))) => {
-                    seen.push(msg.clone());
-                    ws.send(msg).unwrap();
-                }
-                Ok(TMessage::Close(frame)) => {
-                    seen.push(TMessage::Close(frame));
-                    // The reply is queued; flushing writes it. Then the server drops TCP.
-                    let _ = ws.flush();
-                    return seen;
-                }
-                Ok(_) => {}
-                Err(e) => panic!("tungstenite server: {e}"),
-            }
-        }
+        tungstenite_peer::echo_until_close(&mut ws)
     });
 
     let mut ws = bounded("connect", rfc6455::tokio::connect(&format!("ws://{addr}/chat"), Config::default())).await.unwrap();
