@@ -124,9 +124,11 @@ fn open_client(now: Instant) -> Connection {
 }
 
 /// Arbitrary request bytes to a server.
+/// Half the inputs (odd lengths) go to a server that takes plain HTTP requests too.
 pub fn handshake_server(data: &[u8]) {
     let now = Instant::now();
-    let mut s = Connection::server(config(), now);
+    let plain_http = data.len() % 2 == 1;
+    let mut s = Connection::server(Config { plain_http, ..config() }, now);
     let mut w = Watch::new();
     for chunk in reads(data) {
         s.handle_bytes(now, chunk);
@@ -136,6 +138,14 @@ pub fn handshake_server(data: &[u8]) {
                 assert!(req.target.starts_with('/') || !req.target.is_empty());
                 let _ = req.subprotocols().count();
                 s.accept(now, Accept::new()).unwrap();
+            }
+            if let Event::HttpRequest(req) = &e {
+                // Only a server that takes them, and only requests that ask for no upgrade.
+                assert!(plain_http && req.header("upgrade").is_none() && req.header("sec-websocket-key").is_none());
+                s.respond(&rfc6455::Reject::new(200).body("page")).unwrap();
+                let out = drain_output(&mut s);
+                assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"), "{out:?}");
+                assert_eq!(out.ends_with(b"\r\n\r\npage"), req.method != "HEAD", "{out:?}");
             }
             assert!(!w.closed);
             w.closed |= matches!(e, Event::Closed(_));

@@ -74,7 +74,9 @@
 //!
 //! 1. **Start.** [`Connection::server`] reads the request itself (drain
 //!    [`Event::Request`] and answer with [`Connection::accept`] or
-//!    [`Connection::reject`]); [`Connection::client`] queues its request at once;
+//!    [`Connection::reject`]; with [`Config::plain_http`], a plain HTTP request comes
+//!    as [`Event::HttpRequest`], answered with [`Connection::respond`]);
+//!    [`Connection::client`] queues its request at once;
 //!    [`Connection::upgraded`] starts open when another stack did the handshake. Bytes
 //!    that stack read past the head are the first frames: [`Connection::handle_bytes`]
 //!    them before anything read from the socket.
@@ -127,7 +129,8 @@ pub use proto::deflate::{DeflateConfig, DeflateParams};
 pub use proto::error::{HandshakeError, ProtocolError, UsageError};
 pub use proto::frame::{MessageKind, OpCode};
 pub use proto::handshake::{
-    Accept, Accepted, ClientHandshake, ClientHandshakeDone, ClientRequest, Headers, Negotiated, Reject, Request, Response, Url, accept_key,
+    Accept, Accepted, ClientHandshake, ClientHandshakeDone, ClientRequest, Headers, HttpRequest, Negotiated, Reject, Request, Response,
+    Url, accept_key,
 };
 pub use proto::mask::{FixedMaskGenerator, MaskGenerator, RandomMaskGenerator};
 pub use proto::types::{CloseFrame, Closed, ControlPayload, Event, MAX_CONTROL_PAYLOAD, Role, SharedFrame, Side, State};

@@ -34,6 +34,9 @@ enum Command {
         /// Address to listen on: HOST:PORT (a name is resolved) or a bare PORT (127.0.0.1).
         #[arg(long, default_value = "127.0.0.1:9001", value_parser = parse_listen)]
         listen: SocketAddr,
+        /// Do not serve the chat page to browsers (plain GETs get 426 Upgrade Required).
+        #[arg(long)]
+        no_page: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -148,6 +151,10 @@ impl ClientTlsArgs {
 
 #[derive(Args)]
 struct ServerArgs {
+    /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 127.0.0.1:9090
+    /// (HOST:PORT or a bare PORT on 127.0.0.1); keep it off the public network.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    admin_listen: Option<SocketAddr>,
     /// Largest message accepted, in bytes, 1 to 1 GiB (larger ones are closed with 1009).
     #[arg(long, default_value_t = 16 << 20, value_parser = parse_size)]
     max_message_size: usize,
@@ -227,6 +234,7 @@ impl ServerArgs {
             allowed_origins: (!self.allow_origins.is_empty()).then(|| self.allow_origins.clone()),
             high_water_mark: self.high_water_mark,
             read_buffer_size: self.read_buffer_size,
+            admin_listen: self.admin_listen,
             ..ServerConfig::default()
         }
     }
@@ -236,7 +244,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log).parse_default_env().format_timestamp_millis().init();
     match cli.command {
-        Command::Relay { listen, server } => {
+        Command::Relay { listen, no_page, server } => {
             let mut cfg = server.config();
             cfg.tls = match server.tls() {
                 Ok(t) => t,
@@ -249,7 +257,8 @@ fn main() -> ExitCode {
             } else {
                 Relay::new()
             };
-            serve(listen, cfg, relay, "relay")
+            let relay = if no_page { relay } else { relay.with_page() };
+            serve(listen, cfg, relay, "relay", !no_page)
         }
         Command::Echo { listen, server } => {
             let mut cfg = server.config();
@@ -257,7 +266,7 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return fatal(&e),
             };
-            serve(listen, cfg, Echo, "echo")
+            serve(listen, cfg, Echo, "echo", false)
         }
         Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate, tls, proxy, session } => {
             let request = match client_request(&url, protocols, headers, origin) {
@@ -310,7 +319,9 @@ fn fatal(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &str) -> ExitCode {
+/// Runs a server until a signal; the startup line gives its addresses (the chat
+/// page's when `page`).
+fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &str, page: bool) -> ExitCode {
     let tls = cfg.tls.clone();
     let mut server = match Server::bind(listen, cfg, handler) {
         Ok(s) => s,
@@ -340,8 +351,16 @@ fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &s
     if let Some(acceptor) = tls.clone() {
         reload_on_sighup(acceptor);
     }
-    let scheme = if tls.is_some() { "wss" } else { "ws" };
-    info!("{what} listening on {scheme}://{}", server.local_addr());
+    let (scheme, http) = if tls.is_some() { ("wss", "https") } else { ("ws", "http") };
+    let addr = server.local_addr();
+    let mut line = format!("{what} listening on {scheme}://{addr}");
+    if page {
+        line.push_str(&format!("; chat page: {http}://{addr}/lobby"));
+    }
+    if let Some(admin) = server.admin_addr() {
+        line.push_str(&format!("; metrics: http://{admin}/metrics"));
+    }
+    info!("{line}");
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -81,6 +81,7 @@ fn zero_and_absurd_values_are_refused_with_the_allowed_range() {
     refused(&["client", "--ping-interval", "0", "ws://127.0.0.1:1/"], "allowed are 10ms to 24h");
     refused(&["--log", "loud", "relay"], "not a log level");
     refused(&["relay", "--listen", "127.0.0.1:99999"], "not an address to listen on");
+    refused(&["relay", "--admin-listen", "nowhere"], "not an address to listen on");
 }
 
 /// Durations take fractions and units.
@@ -293,4 +294,24 @@ fn log_takes_module_filters() {
     let out = Command::new(env!("CARGO_BIN_EXE_rfc6455")).args(["--log", "rfc6455=loud", "echo", "--listen", &addr]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a log level"), "{out:?}");
+}
+
+/// The relay's startup line gives the chat page's address and the metrics address,
+/// and both answer.
+#[test]
+fn the_relay_prints_where_its_page_and_metrics_are() {
+    use common::net::{ServerProcess, http_get};
+    let relay = ServerProcess::start(&["relay", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    let page = relay.addr_after("chat page: http://");
+    assert_eq!(page, relay.addr);
+    assert!(relay.startup.contains(&format!("chat page: http://{page}/lobby")), "{}", relay.startup);
+    assert_eq!(http_get(page, "/lobby").0, 200);
+    let admin = relay.addr_after("metrics: http://");
+    let (status, _, body) = http_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert!(String::from_utf8(body).unwrap().contains("rfc6455_relay_rooms 0"));
+    // --no-page: no page, and the startup line does not offer one.
+    let bare = ServerProcess::start(&["relay", "--listen", "127.0.0.1:0", "--no-page"]);
+    assert!(!bare.startup.contains("chat page"), "{}", bare.startup);
+    assert_eq!(http_get(bare.addr, "/lobby").0, 426);
 }

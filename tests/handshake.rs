@@ -237,6 +237,64 @@ fn a_plain_http_request_is_told_this_is_a_websocket_endpoint() {
     assert!(out.contains("Connection: Upgrade, close\r\n"), "426 names the upgrade in Connection: {out}");
 }
 
+/// With `Config::plain_http`, a plain request is the application's to answer (a page,
+/// a health check), in any split, and the connection ends after the answer.
+#[test]
+fn plain_http_requests_go_to_the_application_when_asked() {
+    let request = b"GET /lobby?x=1 HTTP/1.1\r\nHost: chat.example\r\nAccept: text/html\r\n\r\n";
+    for split in 1..request.len() {
+        let now = Instant::now();
+        let mut s = Connection::server(Config { plain_http: true, ..Config::default() }, now);
+        s.handle_bytes(now, &request[..split]);
+        assert!(s.poll_event().is_none());
+        s.handle_bytes(now, &request[split..]);
+        let Some(Event::HttpRequest(req)) = s.poll_event() else { panic!("a plain request event") };
+        assert_eq!((req.method.as_str(), req.path(), req.query()), ("GET", "/lobby", Some("x=1")));
+        assert_eq!(req.header("accept"), Some(&b"text/html"[..]));
+        assert_eq!(s.state(), State::Connecting);
+        // Anything sent meanwhile is ignored; a second answer is a usage error.
+        s.handle_bytes(now, b"more bytes");
+        s.respond(&Reject::new(200).header("Content-Type", "text/html").body("<p>hi</p>")).unwrap();
+        assert_eq!(s.respond(&Reject::new(200)), Err(UsageError::NoPendingRequest));
+        let out = String::from_utf8(drain_output(&mut s)).unwrap();
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\nContent-Length: 9\r\n\r\n<p>hi</p>");
+        let closed = expect_closed(&events(&mut s));
+        assert_eq!(closed.error, None);
+    }
+}
+
+#[test]
+fn a_head_request_gets_the_head_alone() {
+    let now = Instant::now();
+    let mut s = Connection::server(Config { plain_http: true, ..Config::default() }, now);
+    s.handle_bytes(now, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let Some(Event::HttpRequest(req)) = s.poll_event() else { panic!("a plain request event") };
+    assert_eq!(req.default_response().status(), 426);
+    s.respond(&Reject::new(200).body("12345")).unwrap();
+    let out = String::from_utf8(drain_output(&mut s)).unwrap();
+    assert!(out.ends_with("Content-Length: 5\r\n\r\n"), "{out}");
+}
+
+#[test]
+fn upgrades_and_bad_handshakes_are_unchanged_under_plain_http() {
+    let now = Instant::now();
+    let mut s = Connection::server(Config { plain_http: true, ..Config::default() }, now);
+    s.handle_bytes(now, REQUEST.as_bytes());
+    assert!(matches!(s.poll_event(), Some(Event::Request(_))));
+    // Upgrade asked but no key: still a failed handshake (400), not a page.
+    let mut s = Connection::server(Config { plain_http: true, ..Config::default() }, now);
+    s.handle_bytes(now, b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n");
+    let out = String::from_utf8(drain_output(&mut s)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    // A plain request that does not finish in time: 408.
+    let mut s = Connection::server(Config { plain_http: true, ..Config::default() }, now);
+    s.handle_bytes(now, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(matches!(s.poll_event(), Some(Event::HttpRequest(_))));
+    s.handle_timeout(now + Duration::from_secs(11));
+    let out = String::from_utf8(drain_output(&mut s)).unwrap();
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+}
+
 // ------------------------------------------------ handshakes done by another HTTP stack
 
 /// The header lines of `REQUEST`, as another HTTP stack would hand them over.

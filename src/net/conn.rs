@@ -161,10 +161,14 @@ pub(crate) struct Conn {
     pub(crate) timer: Option<Instant>,
     /// Bytes pinned at the last settle (counted in the memory budget).
     pub(crate) pinned: usize,
+    /// When it was accepted (for the handshake latency).
+    pub(crate) since: Instant,
+    /// Accepted on the admin address: plain HTTP only.
+    pub(crate) admin: bool,
 }
 
 impl Conn {
-    pub(crate) fn new(socket: Socket, engine: Connection, peer: SocketAddr) -> Self {
+    pub(crate) fn new(socket: Socket, engine: Connection, peer: SocketAddr, since: Instant, admin: bool) -> Self {
         Self {
             socket,
             engine,
@@ -176,6 +180,8 @@ impl Conn {
             drop_at: None,
             timer: None,
             pinned: 0,
+            since,
+            admin,
         }
     }
 }

@@ -5,8 +5,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::net::conn::Conns;
+use crate::net::metrics::{Metrics, TurnCounts};
 use crate::net::policy::Policy;
-use crate::{Accept, CloseCode, Closed, Connection, MessageKind, Reject, Request, SharedFrame};
+use crate::{Accept, CloseCode, Closed, Connection, HttpRequest, MessageKind, Reject, Request, SharedFrame};
 
 /// Identifies a connection within one server. Ids are never reused while the server
 /// runs: an id kept after [`Handler::on_close`] is simply unknown to every [`Ctx`]
@@ -32,6 +33,16 @@ pub trait Handler {
     fn on_request(&mut self, _id: ConnId, _peer: SocketAddr, _req: &Request) -> Result<Accept, Reject> {
         Ok(Accept::new())
     }
+    /// A plain HTTP request (no upgrade) on the server's port, other than `/healthz`
+    /// (the server answers that). Return the answer, or `None` for the default
+    /// ([`HttpRequest::default_response`]: 426 to `GET`, 405 to other methods). The
+    /// connection ends after the answer (`Connection: close`); a `HEAD` gets its head.
+    fn on_http(&mut self, _id: ConnId, _peer: SocketAddr, _req: &HttpRequest) -> Option<Reject> {
+        None
+    }
+    /// Adds the handler's own metrics to the admin address's `/metrics` page (after
+    /// the server's). The default adds none.
+    fn metrics(&self, _out: &mut Metrics) {}
     /// The connection is open.
     fn on_open(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId) {}
     /// A whole message arrived. `data` is only borrowed: its buffer is reused.
@@ -64,6 +75,7 @@ pub struct Ctx<'a> {
     pub(crate) conns: &'a mut Conns,
     pub(crate) now: Instant,
     pub(crate) policy: &'a Policy,
+    pub(crate) counts: &'a mut TurnCounts,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -81,25 +93,34 @@ impl Ctx<'_> {
     /// Sends a message to `id` (copied once into its output). Returns false if the
     /// connection is gone, not open, or congested.
     pub fn send(&mut self, id: ConnId, kind: MessageKind, data: &[u8]) -> bool {
-        self.queue(id, |e| e.send(kind, data).is_ok())
+        self.queue_message(id, data.len(), |e| e.send(kind, data).is_ok())
     }
 
     /// Sends a message whose buffer is handed over (no copy; the buffer is reused once
     /// written). Same result as `send`.
     pub fn send_owned(&mut self, id: ConnId, kind: MessageKind, data: Vec<u8>) -> bool {
-        self.queue(id, move |e| e.send_owned(kind, data).is_ok())
+        self.queue_message(id, data.len(), move |e| e.send_owned(kind, data).is_ok())
     }
 
     /// Queues a frame encoded once for many recipients (no copy). Same result as
     /// `send`; also false for a compressed frame the connection cannot inflate.
     pub fn send_shared(&mut self, id: ConnId, frame: &SharedFrame) -> bool {
-        self.queue(id, |e| e.send_shared(frame).is_ok())
+        self.queue_message(id, frame.as_bytes().len(), |e| e.send_shared(frame).is_ok())
     }
 
     /// Sends a ping to `id`; its pong reaches [`Handler::on_pong`] with the round-trip time.
     pub fn ping(&mut self, id: ConnId, payload: &[u8]) -> bool {
         let now = self.now;
         self.queue(id, |e| e.ping(now, payload).is_ok())
+    }
+
+    /// Queues a message of `len` bytes with `f`, as `queue`, and counts it if queued.
+    fn queue_message(&mut self, id: ConnId, len: usize, f: impl FnOnce(&mut Connection) -> bool) -> bool {
+        let ok = self.queue(id, f);
+        if ok {
+            self.counts.sent(len);
+        }
+        ok
     }
 
     fn queue(&mut self, id: ConnId, f: impl FnOnce(&mut Connection) -> bool) -> bool {

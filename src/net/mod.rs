@@ -5,6 +5,8 @@
 //!
 //! Rooms: `server.rs` the loop (and its [`Inbox`] for input from other threads),
 //! `handler.rs` the application API, `conn.rs` per-connection state and the id table,
+//! `http.rs` plain HTTP (chat page, health, metrics), `metrics.rs` the counters and
+//! their Prometheus page,
 //! `policy.rs` limits, budgets and the slow-consumer policy, `pool.rs` buffer reuse,
 //! `relay.rs` the shipped handlers, `client.rs` the client, `tls.rs` the TLS transport
 //! (feature `tls`).
@@ -12,6 +14,8 @@
 mod client;
 mod conn;
 mod handler;
+mod http;
+mod metrics;
 mod policy;
 mod pool;
 mod relay;
@@ -20,6 +24,7 @@ mod tls;
 
 pub use client::{Client, ClientError, ClientOptions, ClientWaker};
 pub use handler::{ConnId, Ctx, Handler};
+pub use metrics::Metrics;
 pub use policy::SlowConsumerPolicy;
 pub use relay::{Echo, Relay};
 pub use server::{Inbox, InboxError, Server, ServerConfig, ServerStats, ShutdownHandle};

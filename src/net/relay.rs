@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use crate::net::handler::{ConnId, Ctx, Handler};
-use crate::{Accept, Closed, MessageKind, Reject, Request, SharedFrame};
+use crate::net::http;
+use crate::net::metrics::Metrics;
+use crate::{Accept, Closed, HttpRequest, MessageKind, Reject, Request, SharedFrame};
 
 /// The window of the relay's shared compressor (the largest; every client that
 /// agrees to no server context takeover with a full window can inflate it).
@@ -63,6 +65,8 @@ pub struct Relay {
     /// Connection -> its room, from the handshake until it closes.
     room_of: HashMap<ConnId, String>,
     relayed: u64,
+    /// Serve the chat page to plain HTTP requests.
+    page: bool,
     plain: FramePool,
     #[cfg(feature = "deflate")]
     compressed: FramePool,
@@ -84,6 +88,14 @@ impl Relay {
         Self { deflate: Some((deflater, cfg, Vec::new())), ..Self::default() }
     }
 
+    /// Serves the chat page (embedded in the binary) to a browser that opens a room's
+    /// address: `GET /lobby` gives a page that joins `/lobby` over `ws://` or `wss://`
+    /// and sends what is typed as `nick: text`. Paths with a dot are 404.
+    pub fn with_page(mut self) -> Self {
+        self.page = true;
+        self
+    }
+
     /// Members of `room` that are open.
     pub fn members(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, Vec::len)
@@ -101,6 +113,17 @@ impl Relay {
 }
 
 impl Handler for Relay {
+    fn on_http(&mut self, _id: ConnId, _peer: SocketAddr, req: &HttpRequest) -> Option<Reject> {
+        self.page.then(|| http::chat_page(req))
+    }
+
+    fn metrics(&self, m: &mut Metrics) {
+        m.gauge("rfc6455_relay_rooms", "Rooms with at least one open member.", self.rooms.len() as u64);
+        let members = self.rooms.values().map(Vec::len).sum::<usize>();
+        m.gauge("rfc6455_relay_members", "Open connections in rooms.", members as u64);
+        m.counter("rfc6455_relay_messages_total", "Messages relayed (each once, whatever the recipients).", self.relayed);
+    }
+
     fn on_request(&mut self, id: ConnId, _peer: SocketAddr, req: &Request) -> Result<Accept, Reject> {
         self.room_of.insert(id, req.path().to_owned());
         Ok(Accept::new())

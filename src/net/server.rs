@@ -15,7 +15,7 @@ use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -25,12 +25,16 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::net::conn::{Conn, Conns, Read1, Socket};
 use crate::net::handler::{Ctx, Handler};
+use crate::net::http;
+pub use crate::net::metrics::ServerStats;
+use crate::net::metrics::{Metrics, TurnCounts};
 use crate::net::policy::{Memory, Policy, SlowConsumerPolicy};
 use crate::net::pool::Pool;
-use crate::{CloseCode, Config, Connection, Delivery, Event, MessageKind, Reject, State};
+use crate::{CloseCode, Closed, Config, Connection, Delivery, Event, MessageKind, ProtocolError, Reject, State};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+const ADMIN: Token = Token(usize::MAX - 3);
 /// Reads per connection per turn before others get their turn.
 const READ_BUDGET: usize = 16;
 /// Jobs the inbox holds before senders are refused; also the most run per loop turn.
@@ -72,6 +76,10 @@ pub struct ServerConfig {
     /// nothing accepted is dropped). Connections that pin little carry on, so the
     /// total stays under this plus at most 32 KiB per connection. Default 1 GiB.
     pub max_total_memory: usize,
+    /// The admin address: plain HTTP only, `/metrics` (Prometheus text format) and
+    /// `/healthz`, kept off the public port so metrics are never exposed by accident.
+    /// Bind it to loopback or a private network. Default `None`: no admin address.
+    pub admin_listen: Option<SocketAddr>,
     /// `wss://`: every accepted connection speaks TLS with this certificate (the
     /// handshake timeout covers the TLS handshake too). Default `None`: plain TCP.
     #[cfg(feature = "tls")]
@@ -91,6 +99,7 @@ impl Default for ServerConfig {
             linger: Duration::from_secs(2),
             max_connection_memory: None,
             max_total_memory: 1 << 30,
+            admin_listen: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -102,35 +111,6 @@ impl ServerConfig {
     /// its default.
     pub fn connection_budget(&self) -> usize {
         self.max_connection_memory.unwrap_or(self.engine.max_message_size + self.high_water_mark + (1 << 20))
-    }
-}
-
-/// Counters a running server publishes, readable from any thread.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct ServerStats {
-    /// Sockets currently held (any state).
-    pub connections: AtomicUsize,
-    /// Connections whose handshake completed.
-    pub opened: AtomicU64,
-    /// TCP connections refused at the connection limit.
-    pub refused: AtomicU64,
-    /// Connections closed under the slow-consumer policy.
-    pub slow_consumers: AtomicU64,
-    /// Connections closed for passing the per-connection memory budget.
-    pub over_budget: AtomicU64,
-    /// Bytes all connections pin now (see [`ServerConfig::max_total_memory`]).
-    pub pinned_bytes: AtomicUsize,
-    /// The most bytes all connections pinned at once.
-    pub peak_pinned_bytes: AtomicUsize,
-    /// Jobs refused because the server's [`Inbox`] was full.
-    pub inbox_overflows: AtomicU64,
-}
-
-impl ServerStats {
-    /// Sockets currently held.
-    pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
     }
 }
 
@@ -218,6 +198,13 @@ pub struct Server<H: Handler> {
     poll: Poll,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
+    /// The admin address's listener (kept through a graceful shutdown, so `/healthz`
+    /// can say 503).
+    admin: Option<TcpListener>,
+    /// A graceful shutdown has begun.
+    draining: bool,
+    /// Per-turn counts, published to `stats` at the end of each turn.
+    counts: TurnCounts,
     cfg: ServerConfig,
     handler: H,
     conns: Conns,
@@ -259,6 +246,16 @@ impl<H: Handler> Server<H> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(addr)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let admin = match cfg.admin_listen {
+            Some(a) => {
+                let mut l = TcpListener::bind(a)?;
+                poll.registry().register(&mut l, ADMIN, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        // Plain HTTP requests reach the server (health, metrics) and the handler (pages).
+        let engine_config = Config { plain_http: true, ..cfg.engine.clone() };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stats = Arc::new(ServerStats::default());
         let (inbox_tx, inbox) = sync_channel(INBOX_CAPACITY);
@@ -266,8 +263,11 @@ impl<H: Handler> Server<H> {
             local_addr: listener.local_addr()?,
             poll,
             listener: Some(listener),
+            admin,
+            draining: false,
+            counts: TurnCounts::default(),
             read_buf: vec![0; cfg.read_buffer_size.max(1024)],
-            engine_config: Arc::new(cfg.engine.clone()),
+            engine_config: Arc::new(engine_config),
             policy: Policy::new(&cfg, stats.clone()),
             cfg,
             handler,
@@ -289,6 +289,11 @@ impl<H: Handler> Server<H> {
     /// The address the server listens on (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin address ([`ServerConfig::admin_listen`]), once bound.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// A handle that stops the server from another thread.
@@ -325,6 +330,7 @@ impl<H: Handler> Server<H> {
             if shutdown_deadline.is_none() && self.shutdown.load(Ordering::SeqCst) {
                 shutdown_deadline = Some(self.begin_shutdown(now));
                 self.flush_dirty(now);
+                self.counts.publish(&self.stats);
             }
             if let Some(deadline) = shutdown_deadline {
                 if self.conns.live() == 0 || now >= deadline {
@@ -352,7 +358,8 @@ impl<H: Handler> Server<H> {
             std::mem::swap(&mut readable, &mut self.conns.reads);
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept_all(now),
+                    LISTENER => self.accept_all(now, false),
+                    ADMIN => self.accept_all(now, true),
                     WAKER => {}
                     Token(i) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -373,6 +380,7 @@ impl<H: Handler> Server<H> {
             self.readable = readable;
             self.run_timers(now);
             self.flush_dirty(now);
+            self.counts.publish(&self.stats);
         }
     }
 
@@ -382,26 +390,30 @@ impl<H: Handler> Server<H> {
         let mut ran = 0;
         while ran < INBOX_CAPACITY {
             let Ok(job) = self.inbox.try_recv() else { break };
-            job(&mut self.handler, &mut Ctx { conns: &mut self.conns, now, policy: &self.policy });
+            job(&mut self.handler, &mut Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts });
             ran += 1;
         }
         self.inbox_backlog = ran == INBOX_CAPACITY;
     }
 
-    fn accept_all(&mut self, now: Instant) {
+    /// Accepts every waiting connection on the public listener, or on the admin one.
+    fn accept_all(&mut self, now: Instant, admin: bool) {
         loop {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let listener = if admin { self.admin.as_ref() } else { self.listener.as_ref() };
+            let Some(listener) = listener else { return };
             match listener.accept() {
                 Ok((stream, peer)) => {
+                    self.stats.accepted.fetch_add(1, Ordering::Relaxed);
                     if self.policy.at_connection_limit(self.conns.live()) {
                         refuse_overloaded(stream, peer, self.cfg.max_connections);
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let Some(socket) = self.transport_for(stream, peer) else { continue };
+                    let socket = if admin { Some(Socket::new(stream)) } else { self.transport_for(stream, peer) };
+                    let Some(socket) = socket else { continue };
                     let engine = Connection::server(self.engine_config.clone(), now);
-                    let id = self.conns.insert(Conn::new(socket, engine, peer));
+                    let id = self.conns.insert(Conn::new(socket, engine, peer, now, admin));
                     let slot = id.slot as usize;
                     let Some(conn) = self.conns.at(slot) else { continue };
                     if let Err(e) = self.poll.registry().register(&mut conn.socket.stream, Token(slot), Interest::READABLE) {
@@ -632,11 +644,15 @@ impl<H: Handler> Server<H> {
 
     fn begin_shutdown(&mut self, now: Instant) -> Instant {
         info!("shutting down: closing {} connections with 1001", self.conns.live());
+        self.draining = true;
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
         for i in 0..self.conns.slots() {
             let Some(conn) = self.conns.at(i) else { continue };
+            if conn.admin {
+                continue; // answered as usual (health: 503)
+            }
             match conn.engine.state() {
                 State::Open => {
                     let _ = conn.engine.close(now, CloseCode::GOING_AWAY, "server shutting down");
@@ -658,32 +674,56 @@ impl<H: Handler> Server<H> {
             let Some(conn) = self.conns.at(i) else { return };
             let peer = conn.peer;
             let Some(event) = conn.engine.poll_event() else { return };
+            let (admin, since) = (conn.admin, conn.since);
             let handler = &mut self.handler;
-            let mut ctx = Ctx { conns: &mut self.conns, now, policy: &self.policy };
+            let mut ctx = Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts };
             match event {
                 Event::Request(req) => {
-                    let decision = match self.policy.check_origin(&req) {
-                        Ok(()) => {
-                            if let Some(c) = ctx.conns.at(i) {
-                                c.requested = true;
-                            }
-                            handler.on_request(id, peer, &req)
+                    let decision = if admin {
+                        Err(Reject::new(404).body("the admin address serves /metrics and /healthz only\n"))
+                    } else if let Err(r) = self.policy.check_origin(&req) {
+                        self.stats.rejected_origin.fetch_add(1, Ordering::Relaxed);
+                        Err(r)
+                    } else {
+                        if let Some(c) = ctx.conns.at(i) {
+                            c.requested = true;
                         }
-                        Err(r) => Err(r),
+                        let decision = handler.on_request(id, peer, &req);
+                        if let Err(r) = &decision {
+                            self.stats.rejected_handler.add(r.status());
+                        }
+                        decision
                     };
                     let Some(conn) = ctx.conns.at(i) else { return };
                     answer_request(&mut conn.engine, now, peer, &req.target, decision);
                 }
+                Event::HttpRequest(req) => {
+                    let response = if admin {
+                        http::admin_answer(&req, self.draining, || self.metrics_page())
+                    } else {
+                        http::public_answer(&req, self.draining, |req| handler.on_http(id, peer, req))
+                    };
+                    self.stats.http_responses.add(response.status());
+                    debug!("[{peer}] {} {} -> {}", req.method, req.target, response.status());
+                    let Some(conn) = self.conns.at(i) else { return };
+                    if let Err(e) = conn.engine.respond(&response) {
+                        warn!("[{peer}] HTTP answer failed: {e}");
+                        let _ = conn.engine.respond(&Reject::new(500));
+                    }
+                }
                 Event::Open { .. } => {
                     self.stats.opened.fetch_add(1, Ordering::Relaxed);
+                    self.stats.handshake_latency.observe(now.saturating_duration_since(since));
                     info!("[{peer}] connected");
                     handler.on_open(&mut ctx, id);
                 }
                 Event::Text(text) => {
+                    ctx.counts.received(text.len());
                     let back = handler.on_message_owned(&mut ctx, id, MessageKind::Text, text.into_bytes());
                     self.pool.give_back(back);
                 }
                 Event::Binary(data) => {
+                    ctx.counts.received(data.len());
                     let back = handler.on_message_owned(&mut ctx, id, MessageKind::Binary, data);
                     self.pool.give_back(back);
                 }
@@ -694,6 +734,10 @@ impl<H: Handler> Server<H> {
                 Event::Ping(payload) => handler.on_ping(&mut ctx, id, &payload),
                 Event::Pong { payload, rtt } => handler.on_pong(&mut ctx, id, &payload, rtt),
                 Event::Closed(closed) => {
+                    self.stats.count_closes(&closed);
+                    if let Some(status) = handshake_refusal(&closed) {
+                        self.stats.rejected_handshake.add(status);
+                    }
                     match &closed.error {
                         Some(err) => info!("[{peer}] disconnected: {} {:?} ({err})", closed.code(), closed.reason()),
                         None => info!("[{peer}] disconnected: {} {:?}", closed.code(), closed.reason()),
@@ -704,6 +748,24 @@ impl<H: Handler> Server<H> {
                 }
             }
         }
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// The admin address's `/metrics` page: the server's counters, then the handler's.
+    fn metrics_page(&self) -> Metrics {
+        let mut m = Metrics::new();
+        self.stats.write_metrics(&mut m);
+        self.handler.metrics(&mut m);
+        m
+    }
+}
+
+/// The status the engine answered a failed handshake with, if it answered.
+fn handshake_refusal(closed: &Closed) -> Option<u16> {
+    match &closed.error {
+        Some(ProtocolError::Handshake(e)) => e.http_status(),
+        _ => None,
     }
 }
 

@@ -48,6 +48,11 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// Deliver whole messages or single frames. Default [`Delivery::Messages`].
     pub delivery: Delivery,
+    /// Server: hand plain HTTP requests (neither `Upgrade` nor `Sec-WebSocket-Key`:
+    /// a browser opening the address, a health check) to the application as
+    /// [`crate::Event::HttpRequest`], under the same head-size, header-count and
+    /// handshake-time limits, instead of answering them 426 itself. Default off.
+    pub plain_http: bool,
     /// permessage-deflate (RFC 7692): what a client offers or a server accepts.
     /// Default `None`: off.
     #[cfg(feature = "deflate")]
@@ -67,6 +72,7 @@ impl Default for Config {
             pong_timeout: Duration::from_secs(20),
             idle_timeout: None,
             delivery: Delivery::Messages,
+            plain_http: false,
             #[cfg(feature = "deflate")]
             deflate: None,
         }

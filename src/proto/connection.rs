@@ -19,8 +19,9 @@
 //!
 //! | phase | bytes | EOF | timeout | command |
 //! |---|---|---|---|---|
-//! | ReadRequest (server) | head complete: `Request` event, → AwaitAccept; bad head: HTTP error, → Closed | → Closed | handshake: 408, → Closed | — |
+//! | ReadRequest (server) | head complete: `Request` event, → AwaitAccept (a plain HTTP request with [`Config::plain_http`]: `HttpRequest` event, → AwaitHttpAnswer); bad head: HTTP error, → Closed | → Closed | handshake: 408, → Closed | — |
 //! | AwaitAccept (server) | kept (bounded) for after `accept` | → Closed | handshake: → Closed | `accept`: 101, → Open; `reject`: HTTP status, → Closed |
+//! | AwaitHttpAnswer (server, [`Config::plain_http`]) | discarded | → Closed | handshake: 408, → Closed | `respond`: HTTP response, → Closed |
 //! | ReadResponse (client) | 101 checked: → Open; else → Closed | → Closed | handshake: → Closed | — |
 //! | Open | frames: events; peer's close: reply queued, server → Closed, client → AwaitEof; violation: close code queued, same | → Closed (1006) | keepalive ping; pong or idle timeout: → Closed (1006) | `close`: close frame, → Closing |
 //! | Closing (we sent close) | frames as when open (the peer's data already on its way still arrives); peer's close: server → Closed, client → AwaitEof | → Closed | close timeout: → Closed | — |
@@ -59,7 +60,9 @@ use crate::proto::config::Config;
 use crate::proto::deflate::DeflateParams;
 use crate::proto::error::{HandshakeError, ProtocolError, UsageError};
 use crate::proto::frame::{MAX_HEADER_LEN, MessageKind, OpCode, RSV1, encode_frame, encode_frame_rsv, encode_header};
-use crate::proto::handshake::{self, Accept, ClientHandshake, ClientRequest, HeadReader, Negotiated, Reject, Request, Response};
+use crate::proto::handshake::{
+    self, Accept, ClientHandshake, ClientRequest, HeadReader, Negotiated, Reject, Request, RequestHead, Response,
+};
 use crate::proto::mask::{MaskGenerator, RandomMaskGenerator, apply_mask};
 use crate::proto::message::{Control, Inbound, MessageReader};
 use crate::proto::output::OutQueue;
@@ -90,6 +93,11 @@ enum Phase {
     AwaitAccept {
         request: Box<Request>,
         early: Vec<u8>,
+    },
+    /// Server: a plain HTTP request emitted ([`Config::plain_http`]), waiting for
+    /// `respond`; what the client sends meanwhile is discarded.
+    AwaitHttpAnswer {
+        head_only: bool,
     },
     /// Client: request written, reading the response head.
     ReadResponse(Box<ClientHandshake>),
@@ -277,7 +285,7 @@ impl Connection {
             }
             Phase::ReadResponse(_) => self.read_response(now, data),
             Phase::Open | Phase::Closing => self.read_frames(now, data),
-            Phase::AwaitEof | Phase::Closed => {}
+            Phase::AwaitHttpAnswer { .. } | Phase::AwaitEof | Phase::Closed => {}
         }
     }
 
@@ -285,7 +293,7 @@ impl Connection {
     pub fn handle_eof(&mut self, _now: Instant) {
         match self.phase {
             Phase::Closed => {}
-            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::ReadResponse(_) => {
+            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => {
                 self.error.get_or_insert(ProtocolError::Handshake(HandshakeError::UnexpectedEof));
                 self.initiator.get_or_insert(Side::Remote);
                 self.finish();
@@ -304,7 +312,7 @@ impl Connection {
         let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
         match self.phase {
             Phase::Closed => {}
-            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::ReadResponse(_) => {
+            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => {
                 if due(self.handshake_deadline) {
                     self.fail_handshake(HandshakeError::Timeout);
                 }
@@ -356,8 +364,22 @@ impl Connection {
         if !matches!(self.phase, Phase::AwaitAccept { .. }) {
             return Err(UsageError::NoPendingRequest);
         }
+        self.answer_and_finish(reject, true)
+    }
+
+    /// Server: answers the pending plain HTTP request ([`Event::HttpRequest`]) with
+    /// `response` (any status 200-599; a `HEAD` gets the head alone) and ends the
+    /// connection (`Connection: close`).
+    pub fn respond(&mut self, response: &Reject) -> Result<(), UsageError> {
+        let Phase::AwaitHttpAnswer { head_only } = self.phase else {
+            return Err(UsageError::NoPendingRequest);
+        };
+        self.answer_and_finish(response, !head_only)
+    }
+
+    fn answer_and_finish(&mut self, response: &Reject, with_body: bool) -> Result<(), UsageError> {
         let mut result = Ok(());
-        self.out.write_with(|b| result = handshake::write_rejection(b, reject));
+        self.out.write_with(|b| result = handshake::write_response(b, response, with_body));
         result?;
         self.initiator = Some(Side::Local);
         self.finish();
@@ -587,7 +609,9 @@ impl Connection {
         };
         match self.phase {
             Phase::Closed => None,
-            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::ReadResponse(_) => self.handshake_deadline,
+            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => {
+                self.handshake_deadline
+            }
             Phase::Closing | Phase::AwaitEof => self.close_deadline,
             Phase::Open => {
                 let ka = &self.keepalive;
@@ -612,7 +636,7 @@ impl Connection {
     /// Connecting, open, closing or closed.
     pub fn state(&self) -> State {
         match self.phase {
-            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::ReadResponse(_) => State::Connecting,
+            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => State::Connecting,
             Phase::Open => State::Open,
             Phase::Closing | Phase::AwaitEof => State::Closing,
             Phase::Closed => State::Closed,
@@ -758,10 +782,14 @@ impl Connection {
             Ok(Some(rest)) => rest,
             Err(e) => return self.fail_handshake(e),
         };
-        match handshake::parse_request(head.head(), self.config.max_headers) {
-            Ok(req) => {
+        match handshake::parse_request(head.head(), self.config.max_headers, self.config.plain_http) {
+            Ok(RequestHead::Upgrade(req)) => {
                 self.emit(Event::Request(Box::new(req.clone())));
                 self.phase = Phase::AwaitAccept { request: Box::new(req), early: rest.to_vec() };
+            }
+            Ok(RequestHead::Plain(req)) => {
+                self.phase = Phase::AwaitHttpAnswer { head_only: req.method == "HEAD" };
+                self.emit(Event::HttpRequest(Box::new(req)));
             }
             Err(e) => self.fail_handshake(e),
         }
@@ -786,7 +814,7 @@ impl Connection {
         if self.role == Role::Server {
             if let Some(reject) = e.rejection() {
                 self.out.write_with(|b| {
-                    let _ = handshake::write_rejection(b, &reject);
+                    let _ = handshake::write_response(b, &reject, true);
                 });
             }
         }

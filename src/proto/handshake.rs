@@ -208,12 +208,12 @@ impl Request {
 
     /// The path part of the target (before `?`).
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(&self.target, |(p, _)| p)
+        target_path(&self.target)
     }
 
     /// The query part of the target (after `?`), if any.
     pub fn query(&self) -> Option<&str> {
-        self.target.split_once('?').map(|(_, q)| q)
+        target_query(&self.target)
     }
 
     /// The first header `name` (case-insensitive).
@@ -242,8 +242,74 @@ impl Request {
     }
 }
 
-/// Parses and validates a complete request head (§4.2.1).
-pub(crate) fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, HandshakeError> {
+fn target_path(target: &str) -> &str {
+    target.split_once('?').map_or(target, |(p, _)| p)
+}
+
+fn target_query(target: &str) -> Option<&str> {
+    target.split_once('?').map(|(_, q)| q)
+}
+
+/// A plain HTTP request: neither `Upgrade` nor `Sec-WebSocket-Key` (a browser opening
+/// the address, a health check, a crawler). A server engine whose
+/// [`Config::plain_http`] is on hands it over as [`crate::Event::HttpRequest`], to be
+/// answered with [`crate::Connection::respond`]; the connection then ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// The method (`GET`, `HEAD`, `POST` ...).
+    pub method: String,
+    /// The request target: path and query.
+    pub target: String,
+    /// Every header line, in order.
+    pub headers: Headers,
+}
+
+impl HttpRequest {
+    /// The path part of the target (before `?`).
+    pub fn path(&self) -> &str {
+        target_path(&self.target)
+    }
+
+    /// The query part of the target (after `?`), if any.
+    pub fn query(&self) -> Option<&str> {
+        target_query(&self.target)
+    }
+
+    /// The first header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        header(&self.headers, name)
+    }
+
+    /// `GET` or `HEAD`: the methods that read a resource (a `HEAD` answer carries no body).
+    pub fn is_read(&self) -> bool {
+        self.method == "GET" || self.method == "HEAD"
+    }
+
+    /// The answer of a server that serves no plain HTTP: `426 Upgrade Required` (this
+    /// is a WebSocket endpoint) to `GET` and `HEAD`, `405 Method Not Allowed` to others.
+    pub fn default_response(&self) -> Reject {
+        let e = if self.is_read() { HandshakeError::NotWebSocket } else { HandshakeError::MethodNotAllowed };
+        e.rejection().unwrap_or_else(|| Reject::new(400))
+    }
+}
+
+/// A complete request head, as a server engine reads it.
+#[derive(Debug)]
+pub(crate) enum RequestHead {
+    /// A valid opening handshake.
+    Upgrade(Request),
+    /// A plain HTTP request (only when the engine takes them).
+    Plain(HttpRequest),
+}
+
+/// Neither `Upgrade` nor a key: a plain HTTP request, not a failed handshake.
+fn is_plain(headers: &Headers) -> bool {
+    header(headers, "upgrade").is_none() && header(headers, "sec-websocket-key").is_none()
+}
+
+/// Parses a complete request head: a plain HTTP request when `plain_http` and it asks
+/// for no upgrade, else an opening handshake, validated (§4.2.1).
+pub(crate) fn parse_request(head: &[u8], max_headers: usize, plain_http: bool) -> Result<RequestHead, HandshakeError> {
     let mut raw = vec![httparse::EMPTY_HEADER; max_headers];
     let mut req = httparse::Request::new(&mut raw);
     match req.parse(head) {
@@ -252,11 +318,15 @@ pub(crate) fn parse_request(head: &[u8], max_headers: usize) -> Result<Request, 
         Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
         Err(_) => return Err(HandshakeError::Malformed("request")),
     }
+    let (method, target, headers) = (req.method.unwrap_or(""), req.path.unwrap_or("/"), collect_headers(req.headers));
+    if plain_http && is_plain(&headers) {
+        return Ok(RequestHead::Plain(HttpRequest { method: method.to_owned(), target: target.to_owned(), headers }));
+    }
     // §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
-    if req.version != Some(1) && req.method == Some("GET") {
+    if req.version != Some(1) && method == "GET" {
         return Err(HandshakeError::HttpVersion);
     }
-    validate_request(req.method.unwrap_or(""), req.path.unwrap_or("/"), collect_headers(req.headers))
+    validate_request(method, target, headers).map(RequestHead::Upgrade)
 }
 
 /// The checks of §4.2.1 on a request's method, target and headers, however parsed.
@@ -271,7 +341,7 @@ fn validate_request(method: &str, target: &str, headers: Headers) -> Result<Requ
     }
     // Item 3: Upgrade includes "websocket" (case-insensitive). Neither Upgrade nor a
     // key is a plain HTTP request (a browser opening the address): it is told what this is.
-    if header(&headers, "upgrade").is_none() && header(&headers, "sec-websocket-key").is_none() {
+    if is_plain(&headers) {
         return Err(HandshakeError::NotWebSocket);
     }
     if !has_token(&headers, "upgrade", "websocket") {
@@ -434,6 +504,11 @@ fn write_header_line(out: &mut Vec<u8>, name: &str, value: &str) {
 
 fn reason_phrase(status: u16) -> &'static str {
     match status {
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -446,13 +521,16 @@ fn reason_phrase(status: u16) -> &'static str {
         500 => "Internal Server Error",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
+        100..=399 => "",
         _ => "Error",
     }
 }
 
 /// A server's refusal of a handshake: an HTTP status other than 101, extra headers
 /// (`WWW-Authenticate`, `Retry-After` ...) and a body. The same answer in the core
-/// ([`crate::Connection::reject`]) and in the server's handler API.
+/// ([`crate::Connection::reject`]) and in the server's handler API. It is also the
+/// answer to a plain [`HttpRequest`] ([`crate::Connection::respond`]), where a 200
+/// with a page is as good as a 404.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reject {
     pub(crate) status: u16,
@@ -492,8 +570,9 @@ impl Reject {
     /// The refusal's header lines, checked, as this crate writes them (before its own
     /// `Connection: close` and `Content-Length`): those the status calls for (426:
     /// `Sec-WebSocket-Version: 13` (§4.2.2) and `Upgrade: websocket`; 405: `Allow:
-    /// GET`), then [`Reject::headers`], then `Content-Type: text/plain` for a body
-    /// that names no type. Another HTTP stack writing the refusal sends these.
+    /// GET`; each unless [`Reject::headers`] has its own), then [`Reject::headers`],
+    /// then `Content-Type: text/plain` for a body that names no type. Another HTTP
+    /// stack writing the refusal sends these.
     pub fn response_headers(&self) -> Result<Vec<(String, String)>, UsageError> {
         if !(200..=599).contains(&self.status) {
             return Err(UsageError::InvalidStatus(self.status));
@@ -510,9 +589,11 @@ impl Reject {
             405 => &[("Allow", "GET")],
             _ => &[],
         };
-        let mut lines: Vec<(String, String)> = implied.iter().map(|&(n, v)| (n.to_owned(), v.to_owned())).collect();
+        let explicit = |name: &str| self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        let mut lines: Vec<(String, String)> =
+            implied.iter().filter(|(n, _)| !explicit(n)).map(|&(n, v)| (n.to_owned(), v.to_owned())).collect();
         lines.extend(self.headers.iter().cloned());
-        if !self.body.is_empty() && !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+        if !self.body.is_empty() && !explicit("content-type") {
             lines.push(("Content-Type".to_owned(), "text/plain; charset=utf-8".to_owned()));
         }
         Ok(lines)
@@ -524,8 +605,9 @@ impl Reject {
     }
 }
 
-/// Writes a non-101 HTTP response that ends the connection.
-pub(crate) fn write_rejection(out: &mut Vec<u8>, reject: &Reject) -> Result<(), UsageError> {
+/// Writes a non-101 HTTP response that ends the connection; `with_body: false` answers
+/// a `HEAD` (the same head, `Content-Length` included, and no body).
+pub(crate) fn write_response(out: &mut Vec<u8>, reject: &Reject, with_body: bool) -> Result<(), UsageError> {
     let lines = reject.response_headers()?;
     let status = reject.status;
     out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", reason_phrase(status)).as_bytes());
@@ -535,7 +617,9 @@ pub(crate) fn write_rejection(out: &mut Vec<u8>, reject: &Reject) -> Result<(), 
     // RFC 9110 §7.8: a response that names an Upgrade lists it in Connection too.
     let connection = if status == 426 { "Upgrade, close" } else { "close" };
     out.extend_from_slice(format!("Connection: {connection}\r\nContent-Length: {}\r\n\r\n", reject.body.len()).as_bytes());
-    out.extend_from_slice(&reject.body);
+    if with_body {
+        out.extend_from_slice(&reject.body);
+    }
     Ok(())
 }
 
@@ -1060,7 +1144,7 @@ mod tests {
         assert!(text.contains("\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n"));
         // The server side computes the same accept from what we sent.
-        let req = parse_request(text.as_bytes(), 64).unwrap();
+        let RequestHead::Upgrade(req) = parse_request(text.as_bytes(), 64, false).unwrap() else { panic!("not an upgrade") };
         assert_eq!(accept_key(&req.key), hs.expected_accept());
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::proto::close::CloseCode;
 use crate::proto::error::ProtocolError;
 use crate::proto::frame::{MAX_HEADER_LEN, MessageKind, RSV1, encode_frame, encode_frame_rsv};
-use crate::proto::handshake::Request;
+use crate::proto::handshake::{HttpRequest, Request};
 
 /// Which end of the connection this engine is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -133,6 +133,9 @@ pub enum Event {
     /// Server: a valid opening handshake request; answer it with
     /// [`crate::Connection::accept`] or [`crate::Connection::reject`].
     Request(Box<Request>),
+    /// Server with [`crate::Config::plain_http`]: a plain HTTP request (no upgrade
+    /// asked); answer it with [`crate::Connection::respond`].
+    HttpRequest(Box<HttpRequest>),
     /// The handshake is done; messages may flow.
     Open {
         /// The subprotocol agreed on, if any.

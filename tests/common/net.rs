@@ -17,6 +17,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A server running on its own thread on 127.0.0.1 (a free port); shut down on drop.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin address, when the configuration asks for one.
+    pub admin: Option<SocketAddr>,
     pub handle: ShutdownHandle,
     pub stats: Arc<ServerStats>,
     pub thread: Option<JoinHandle<std::io::Result<()>>>,
@@ -26,8 +28,9 @@ impl Running {
     pub fn start<H: Handler + Send + 'static>(cfg: ServerConfig, handler: H) -> Running {
         let mut server = Server::bind("127.0.0.1:0".parse().unwrap(), cfg, handler).unwrap();
         let (addr, handle, stats) = (server.local_addr(), server.shutdown_handle(), server.stats());
+        let admin = server.admin_addr();
         let thread = std::thread::spawn(move || server.run());
-        Running { addr, handle, stats, thread: Some(thread) }
+        Running { addr, admin, handle, stats, thread: Some(thread) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -69,6 +72,92 @@ impl Drop for Running {
             let _ = t.join();
         }
     }
+}
+
+/// `rfc6455 ARGS` (a server) as a child process, with the addresses its startup line
+/// gives; killed on drop.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    /// The startup line, e.g. `relay listening on ws://127.0.0.1:PORT; chat page: ...`.
+    pub startup: String,
+    /// The WebSocket address it listens on.
+    pub addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `rfc6455 ARGS` (logging at info) and waits, bounded, for its startup line.
+    pub fn start(args: &[&str]) -> ServerProcess {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rfc6455"))
+            .env_remove("RUST_LOG")
+            .args(["--log", "info"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run rfc6455");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the log to its end (so the child never blocks on a full pipe); the
+        // startup line goes back.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(" listening on ") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let Ok(line) = rx.recv_timeout(WAIT) else {
+            let _ = child.kill();
+            panic!("rfc6455 {args:?} printed no startup line");
+        };
+        let startup = line[line.find(" listening on ").unwrap()..].to_owned();
+        let addr = url_in(&startup, "://").parse().expect("the startup line names the address");
+        ServerProcess { child, startup, addr }
+    }
+
+    /// The `host:port` after `marker` (e.g. `metrics: http://`) in the startup line.
+    pub fn addr_after(&self, marker: &str) -> SocketAddr {
+        url_in(&self.startup, marker).parse().unwrap_or_else(|_| panic!("no {marker} in {:?}", self.startup))
+    }
+}
+
+/// The `host:port` right after the first `marker` in `line`.
+fn url_in<'a>(line: &'a str, marker: &str) -> &'a str {
+    let rest = line.find(marker).map_or("", |i| &line[i + marker.len()..]);
+    rest.split(['/', ';', ' ']).next().unwrap_or("")
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `request` (a whole HTTP request head, CRLFs included) and reads the response
+/// until the server closes: returns the status, the head and the body.
+pub fn http_exchange(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response head") + 4;
+    let head = String::from_utf8(all[..end].to_vec()).unwrap();
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, head, all[end..].to_vec())
+}
+
+/// `GET path` over plain HTTP/1.1: status, head, body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String, Vec<u8>) {
+    http_exchange(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n"))
+}
+
+/// The value of header `name` in a response head (case-insensitive name).
+pub fn head_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().filter_map(|l| l.split_once(':')).find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
 }
 
 /// Performs a handshake on a raw socket (with `extra` header lines, each ending in
