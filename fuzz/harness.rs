@@ -124,10 +124,15 @@ fn open_client(now: Instant) -> Connection {
 }
 
 /// Arbitrary request bytes to a server.
-/// Half the inputs (odd lengths) go to a server that takes plain HTTP requests too.
+/// Each input goes to a server that answers plain HTTP itself and to one that hands
+/// plain requests over.
 pub fn handshake_server(data: &[u8]) {
+    handshake_server_with(data, false);
+    handshake_server_with(data, true);
+}
+
+fn handshake_server_with(data: &[u8], plain_http: bool) {
     let now = Instant::now();
-    let plain_http = data.len() % 2 == 1;
     let mut s = Connection::server(Config { plain_http, ..config() }, now);
     let mut w = Watch::new();
     for chunk in reads(data) {

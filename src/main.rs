@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod loadgen;
-use log::{error, info};
+use log::{error, info, warn};
 use rfc6455::net::{
     Client, ClientOptions, Echo, Handler, Relay, Server, ServerConfig, TlsAcceptor, TlsClientOptions, TlsConnector, TlsFiles,
 };
@@ -258,6 +258,11 @@ fn main() -> ExitCode {
                 Relay::new()
             };
             let relay = if no_page { relay } else { relay.with_page() };
+            if !no_page && cfg.allowed_origins.is_some() {
+                warn!(
+                    "--allow-origin is set: the chat page connects only if its own origin (http://HOST:PORT as the browser sees it) is in the list"
+                );
+            }
             serve(listen, cfg, relay, "relay", !no_page)
         }
         Command::Echo { listen, server } => {
@@ -327,6 +332,7 @@ fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &s
         Ok(s) => s,
         Err(e) => {
             // Fatal: always on stderr, whatever the log level.
+            // The error names the admin address when that is the one that failed.
             eprintln!("error: cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;
         }

@@ -275,6 +275,24 @@ fn a_head_request_gets_the_head_alone() {
     assert!(out.ends_with("Content-Length: 5\r\n\r\n"), "{out}");
 }
 
+/// `curl --http2` asks `Upgrade: h2c`: an upgrade we may ignore (RFC 9110 §7.8), so a
+/// plain request; a client that half-closes after its request still gets the answer;
+/// a 204 carries neither body nor Content-Length.
+#[test]
+fn other_upgrades_half_closed_clients_and_204_under_plain_http() {
+    let now = Instant::now();
+    let mut s = Connection::server(Config { plain_http: true, ..Config::default() }, now);
+    s.handle_bytes(now, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n");
+    s.handle_eof(now);
+    let Some(Event::HttpRequest(req)) = s.poll_event() else { panic!("a plain request") };
+    assert_eq!(req.header("upgrade"), Some(&b"h2c"[..]));
+    assert_eq!(s.state(), State::Connecting, "the half-closed client waits for its answer");
+    s.respond(&Reject::new(204).body("ignored")).unwrap();
+    let out = String::from_utf8(drain_output(&mut s)).unwrap();
+    assert_eq!(out, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
+    assert!(expect_closed(&events(&mut s)).error.is_none());
+}
+
 #[test]
 fn upgrades_and_bad_handshakes_are_unchanged_under_plain_http() {
     let now = Instant::now();

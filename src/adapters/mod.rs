@@ -151,6 +151,14 @@ pub(crate) enum HandshakeStep {
     Failed(DriverError),
 }
 
+/// The handshake ended with our HTTP answer `status` (if it could be written).
+fn refused(written: Result<(), crate::UsageError>, status: u16) -> HandshakeStep {
+    match written {
+        Ok(()) => HandshakeStep::Failed(DriverError::Rejected(status)),
+        Err(e) => HandshakeStep::Failed(e.into()),
+    }
+}
+
 /// Drains the events of a connection in its opening handshake: a server's request
 /// goes to `decide` and is accepted or rejected; `Open` and `Closed` end it. Events
 /// after `Open` stay queued for the driver's reader.
@@ -167,14 +175,13 @@ pub(crate) fn drive_handshake(
                         return HandshakeStep::Failed(e.into());
                     }
                 }
-                Err(reject) => {
-                    let status = reject.status();
-                    return match conn.reject(&reject) {
-                        Ok(()) => HandshakeStep::Failed(DriverError::Rejected(status)),
-                        Err(e) => HandshakeStep::Failed(e.into()),
-                    };
-                }
+                Err(reject) => return refused(conn.reject(&reject), reject.status()),
             },
+            // A driver serves no plain HTTP (`Config::plain_http`): the standard answer.
+            Event::HttpRequest(req) => {
+                let answer = req.default_response();
+                return refused(conn.respond(&answer), answer.status());
+            }
             Event::Open { .. } => return HandshakeStep::Open,
             Event::Closed(closed) => {
                 return HandshakeStep::Failed(match closed.error {

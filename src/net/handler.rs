@@ -34,7 +34,7 @@ pub trait Handler {
         Ok(Accept::new())
     }
     /// A plain HTTP request (no upgrade) on the server's port, other than `/healthz`
-    /// (the server answers that). Return the answer, or `None` for the default
+    /// (reserved: the server answers it). Return the answer, or `None` for the default
     /// ([`HttpRequest::default_response`]: 426 to `GET`, 405 to other methods). The
     /// connection ends after the answer (`Connection: close`); a `HEAD` gets its head.
     fn on_http(&mut self, _id: ConnId, _peer: SocketAddr, _req: &HttpRequest) -> Option<Reject> {

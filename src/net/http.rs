@@ -1,5 +1,6 @@
 //! Plain HTTP on a server's ports (requests that ask for no upgrade): `/healthz` on
-//! both, `/metrics` on the admin address only, and the relay's chat page
+//! both (503 during a graceful shutdown on the admin address, which keeps listening
+//! while the public port stops), `/metrics` on the admin address only, and the relay's chat page
 //! ([`chat_page`]) on the public port. Every answer ends its connection; the engine
 //! reads the request under the handshake's limits (head size, header count, time).
 
@@ -61,11 +62,12 @@ pub(crate) fn admin_answer(req: &HttpRequest, draining: bool, metrics: impl FnOn
     }
 }
 
-/// The public port's answer: `/healthz` is the server's; anything else is the
-/// handler's (`page`), or the default answer of a WebSocket endpoint.
-pub(crate) fn public_answer(req: &HttpRequest, draining: bool, page: impl FnOnce(&HttpRequest) -> Option<Reject>) -> Reject {
+/// The public port's answer: `/healthz` is the server's (200: the port stops
+/// accepting when a shutdown begins, so the 503 is the admin address's); anything
+/// else is the handler's (`page`), or the default answer of a WebSocket endpoint.
+pub(crate) fn public_answer(req: &HttpRequest, page: impl FnOnce(&HttpRequest) -> Option<Reject>) -> Reject {
     if req.path() == HEALTH_PATH {
-        return health(req, draining);
+        return health(req, false);
     }
     page(req).unwrap_or_else(|| req.default_response())
 }
@@ -81,20 +83,20 @@ fn is_room_path(path: &str) -> bool {
     path.starts_with('/') && path.len() <= MAX_ROOM_PATH && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_~%/".contains(&b))
 }
 
-/// `'sha256-...'` of a text, as a CSP source.
+/// `'sha256-...'` of an inline element's text, as a CSP source. Browsers hash the
+/// text after the parser has turned CR LF and lone CR into LF, so the file's line
+/// endings (a checkout with CRLF) do not matter.
 fn csp_hash(text: &str) -> String {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
     format!("'sha256-{}'", BASE64.encode(Sha256::digest(text.as_bytes())))
 }
 
-/// The text between `<tag>` and `</tag>` in the page (its one inline script or style).
+/// The text between `<tag>` and the first `</tag>` after it (where the HTML parser
+/// ends a raw-text element): the page's one inline script or style.
 fn inline(tag: &str) -> &'static str {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-    let start = CHAT_PAGE.find(&open).map(|i| i + open.len());
-    let end = CHAT_PAGE.rfind(&close);
-    match (start, end) {
-        (Some(s), Some(e)) if s <= e => &CHAT_PAGE[s..e],
-        _ => "",
-    }
+    let Some(start) = CHAT_PAGE.find(&open).map(|i| i + open.len()) else { return "" };
+    CHAT_PAGE[start..].find(&close).map_or("", |len| &CHAT_PAGE[start..start + len])
 }
 
 /// The page's Content-Security-Policy: only its own inline script and style (by
@@ -162,8 +164,9 @@ mod tests {
         let script = inline("script");
         let style = inline("style");
         assert!(script.len() > 100 && style.len() > 100, "the page has one inline script and one style");
-        assert_eq!(CHAT_PAGE.matches("<script").count(), 1, "one script element");
-        assert_eq!(CHAT_PAGE.matches("<style").count(), 1, "one style element");
+        for tag in ["<script", "</script", "<style", "</style"] {
+            assert_eq!(CHAT_PAGE.matches(tag).count(), 1, "one {tag}");
+        }
         assert!(csp.contains(&format!("script-src {};", csp_hash(script))), "{csp}");
         assert!(csp.contains(&format!("style-src {};", csp_hash(style))), "{csp}");
         assert!(csp.contains("connect-src 'self'") && csp.starts_with("default-src 'none'"), "{csp}");

@@ -188,7 +188,7 @@ impl ServerStats {
         m.gauge("rfc6455_connections", "Sockets held now (any state).", n(&self.connections));
         m.counter("rfc6455_accepted_total", "TCP connections accepted.", get(&self.accepted));
         m.counter("rfc6455_opened_total", "WebSocket handshakes completed.", get(&self.opened));
-        m.family("rfc6455_rejected_total", "counter", "Connections refused, by reason and HTTP status.");
+        m.family("rfc6455_rejected_total", MetricKind::Counter, "Connections refused, by reason and HTTP status.");
         m.sample("rfc6455_rejected_total", &[("reason", "limit"), ("status", "503")], get(&self.refused));
         m.sample("rfc6455_rejected_total", &[("reason", "origin"), ("status", "403")], get(&self.rejected_origin));
         for (reason, counts) in [("handshake", &self.rejected_handshake), ("handler", &self.rejected_handler)] {
@@ -196,19 +196,19 @@ impl ServerStats {
                 m.sample("rfc6455_rejected_total", &[("reason", reason), ("status", &status)], v);
             }
         }
-        m.family("rfc6455_http_responses_total", "counter", "Plain HTTP requests answered, by status.");
+        m.family("rfc6455_http_responses_total", MetricKind::Counter, "Plain HTTP requests answered, by status.");
         for (status, v) in self.http_responses.samples() {
             m.sample("rfc6455_http_responses_total", &[("status", &status)], v);
         }
         m.counter("rfc6455_messages_received_total", "Whole messages received.", get(&self.messages_received));
         m.counter("rfc6455_received_bytes_total", "Payload bytes of messages received.", get(&self.bytes_received));
         m.counter("rfc6455_messages_sent_total", "Messages queued to connections (deliveries).", get(&self.messages_sent));
-        m.counter("rfc6455_sent_bytes_total", "Payload bytes of messages queued.", get(&self.bytes_sent));
+        m.counter("rfc6455_sent_bytes_total", "Bytes of messages queued (payloads; shared frames as encoded).", get(&self.bytes_sent));
         m.counter("rfc6455_slow_consumer_closes_total", "Connections closed as slow consumers.", get(&self.slow_consumers));
         m.counter("rfc6455_over_budget_closes_total", "Connections closed over their memory budget.", get(&self.over_budget));
         m.counter("rfc6455_inbox_overflows_total", "Jobs refused by a full loop inbox.", get(&self.inbox_overflows));
         m.gauge("rfc6455_pinned_bytes", "Bytes all connections pin now.", n(&self.pinned_bytes));
-        m.family("rfc6455_close_codes_total", "counter", "Close frames, by direction and code.");
+        m.family("rfc6455_close_codes_total", MetricKind::Counter, "Close frames, by direction and code.");
         for (direction, counts) in [("sent", &self.close_sent), ("received", &self.close_received)] {
             for (code, v) in counts.samples() {
                 m.sample("rfc6455_close_codes_total", &[("direction", direction), ("code", &code)], v);
@@ -219,7 +219,7 @@ impl ServerStats {
 
     fn write_latency(&self, m: &mut Metrics) {
         let name = "rfc6455_handshake_seconds";
-        m.family(name, "histogram", "Time from TCP accept to an open WebSocket.");
+        m.family(name, MetricKind::Histogram, "Time from TCP accept to an open WebSocket.");
         let h = &self.handshake_latency;
         let mut cumulative = 0;
         for (bound, b) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
@@ -249,6 +249,12 @@ impl TurnCounts {
         self.bytes_received += bytes as u64;
     }
 
+    /// Payload bytes of a frame ([`crate::Delivery::Frames`]); its message is counted
+    /// once, with its last frame.
+    pub(crate) fn received_bytes(&mut self, bytes: usize) {
+        self.bytes_received += bytes as u64;
+    }
+
     pub(crate) fn sent(&mut self, bytes: usize) {
         self.messages_sent += 1;
         self.bytes_sent += bytes as u64;
@@ -256,7 +262,7 @@ impl TurnCounts {
 
     /// Adds the turn's counts to `stats` and starts again from zero.
     pub(crate) fn publish(&mut self, stats: &ServerStats) {
-        if self.messages_received + self.messages_sent == 0 {
+        if self.messages_received + self.messages_sent + self.bytes_received == 0 {
             return;
         }
         let add = |a: &AtomicU64, v: u64| {
@@ -272,12 +278,42 @@ impl TurnCounts {
     }
 }
 
+/// The type of a metric family (`# TYPE`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricKind {
+    /// Only goes up (resets when the process restarts).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Cumulative buckets (`_bucket{le=..}`), `_sum` and `_count`.
+    Histogram,
+    /// No type stated.
+    Untyped,
+}
+
+impl MetricKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+            MetricKind::Untyped => "untyped",
+        }
+    }
+}
+
 /// A Prometheus text-format (version 0.0.4) page being written: families with their
 /// `# HELP` and `# TYPE` lines, then samples. A [`crate::net::Handler`] adds its own
-/// metrics through [`crate::net::Handler::metrics`].
+/// metrics through [`crate::net::Handler::metrics`]. A family whose name is already on
+/// the page, or is not a valid name, is left out with its samples (a scrape with a
+/// repeated family would be refused whole).
 #[derive(Debug, Default)]
 pub struct Metrics {
     out: String,
+    families: std::collections::HashSet<String>,
+    /// The current family was left out: so are its samples.
+    skipping: bool,
 }
 
 /// The `Content-Type` of a metrics page.
@@ -289,16 +325,25 @@ impl Metrics {
         Self::default()
     }
 
-    /// Starts a family: `kind` is `counter`, `gauge`, `histogram` or `untyped`.
-    /// Names follow Prometheus rules (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
-    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
-        debug_assert!(valid_name(name), "metric name {name:?}");
+    /// Starts a family. Names follow Prometheus rules (`[a-zA-Z_:][a-zA-Z0-9_:]*`);
+    /// returns false (and leaves the family out) for an invalid or repeated name.
+    pub fn family(&mut self, name: &str, kind: MetricKind, help: &str) -> bool {
+        self.skipping = !valid_name(name) || !self.families.insert(name.to_owned());
+        if self.skipping {
+            return false;
+        }
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {}", kind.as_str());
+        true
     }
 
-    /// One sample of the current family; label values are escaped.
+    /// One sample of the current family (`name` is the family's, or for a histogram
+    /// its `_bucket`, `_sum` or `_count`); label values are escaped, a sample with an
+    /// invalid metric or label name is left out.
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        if self.skipping || !valid_name(name) || labels.iter().any(|(k, _)| !valid_name(k)) {
+            return;
+        }
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -313,13 +358,13 @@ impl Metrics {
 
     /// A counter family with one unlabelled sample.
     pub fn counter(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "counter", help);
+        self.family(name, MetricKind::Counter, help);
         self.sample(name, &[], value);
     }
 
     /// A gauge family with one unlabelled sample.
     pub fn gauge(&mut self, name: &str, help: &str, value: u64) {
-        self.family(name, "gauge", help);
+        self.family(name, MetricKind::Gauge, help);
         self.sample(name, &[], value);
     }
 
@@ -347,12 +392,25 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let mut m = Metrics::new();
-        m.family("x_total", "counter", "help with \\ and\nnewline");
+        m.family("x_total", MetricKind::Counter, "help with \\ and\nnewline");
         m.sample("x_total", &[("room", "a\"b\\c\nd")], 3);
         assert_eq!(
             m.as_str(),
             "# HELP x_total help with \\\\ and\\nnewline\n# TYPE x_total counter\nx_total{room=\"a\\\"b\\\\c\\nd\"} 3\n"
         );
+    }
+
+    #[test]
+    fn repeated_or_invalid_families_are_left_out() {
+        let mut m = Metrics::new();
+        m.counter("a_total", "first", 1);
+        assert!(!m.family("a_total", MetricKind::Gauge, "again"));
+        m.sample("a_total", &[], 2);
+        assert!(!m.family("bad name", MetricKind::Gauge, "x"));
+        m.sample("bad name", &[], 3);
+        assert!(m.family("b", MetricKind::Gauge, "x"));
+        m.sample("b", &[("bad label", "v")], 4);
+        assert_eq!(m.as_str(), "# HELP a_total first\n# TYPE a_total counter\na_total 1\n# HELP b x\n# TYPE b gauge\n");
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod tls;
 
 pub use client::{Client, ClientError, ClientOptions, ClientWaker};
 pub use handler::{ConnId, Ctx, Handler};
-pub use metrics::Metrics;
+pub use metrics::{MetricKind, Metrics};
 pub use policy::SlowConsumerPolicy;
 pub use relay::{Echo, Relay};
 pub use server::{Inbox, InboxError, Server, ServerConfig, ServerStats, ShutdownHandle};

@@ -90,7 +90,8 @@ impl Relay {
 
     /// Serves the chat page (embedded in the binary) to a browser that opens a room's
     /// address: `GET /lobby` gives a page that joins `/lobby` over `ws://` or `wss://`
-    /// and sends what is typed as `nick: text`. Paths with a dot are 404.
+    /// and sends what is typed as `nick: text`. Room paths are `/` and paths of
+    /// letters, digits and `-_~%/` (up to 256 bytes); others (`/favicon.ico`) are 404.
     pub fn with_page(mut self) -> Self {
         self.page = true;
         self

@@ -39,12 +39,17 @@ const ADMIN: Token = Token(usize::MAX - 3);
 const READ_BUDGET: usize = 16;
 /// Jobs the inbox holds before senders are refused; also the most run per loop turn.
 const INBOX_CAPACITY: usize = 4096;
+/// Connections the admin address holds at once (beyond it, new ones are closed at
+/// once); they count in no public limit or gauge.
+const ADMIN_MAX_CONNECTIONS: usize = 32;
 
 /// Server settings around the engines.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// The engine configuration of every connection (limits, timeouts, keepalive,
-    /// delivery, permessage-deflate).
+    /// delivery, permessage-deflate). The server turns [`Config::plain_http`] on
+    /// whatever it says here: it answers plain requests itself (health, metrics) or
+    /// through [`Handler::on_http`].
     pub engine: Config,
     /// Size of the read buffer shared by all connections (Qt's `setReadBufferSize`).
     /// Default 64 KiB.
@@ -203,6 +208,8 @@ pub struct Server<H: Handler> {
     admin: Option<TcpListener>,
     /// A graceful shutdown has begun.
     draining: bool,
+    /// Connections held on the admin address.
+    admin_live: usize,
     /// Per-turn counts, published to `stats` at the end of each turn.
     counts: TurnCounts,
     cfg: ServerConfig,
@@ -248,7 +255,7 @@ impl<H: Handler> Server<H> {
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let admin = match cfg.admin_listen {
             Some(a) => {
-                let mut l = TcpListener::bind(a)?;
+                let mut l = TcpListener::bind(a).map_err(|e| io::Error::new(e.kind(), format!("admin address {a}: {e}")))?;
                 poll.registry().register(&mut l, ADMIN, Interest::READABLE)?;
                 Some(l)
             }
@@ -265,6 +272,7 @@ impl<H: Handler> Server<H> {
             listener: Some(listener),
             admin,
             draining: false,
+            admin_live: 0,
             counts: TurnCounts::default(),
             read_buf: vec![0; cfg.read_buffer_size.max(1024)],
             engine_config: Arc::new(engine_config),
@@ -316,9 +324,9 @@ impl<H: Handler> Server<H> {
         &self.handler
     }
 
-    /// Number of connections currently held (any state).
+    /// Number of connections currently held (any state), the admin address's aside.
     pub fn connections(&self) -> usize {
-        self.conns.live()
+        self.conns.live() - self.admin_live
     }
 
     /// Runs until shut down through a [`ShutdownHandle`]; returns after the graceful close.
@@ -333,9 +341,10 @@ impl<H: Handler> Server<H> {
                 self.counts.publish(&self.stats);
             }
             if let Some(deadline) = shutdown_deadline {
-                if self.conns.live() == 0 || now >= deadline {
-                    info!("shutdown complete ({} connections left)", self.conns.live());
+                if self.connections() == 0 || now >= deadline {
+                    info!("shutdown complete ({} connections left)", self.connections());
                     self.drop_all(now);
+                    self.counts.publish(&self.stats);
                     return Ok(());
                 }
             }
@@ -350,7 +359,10 @@ impl<H: Handler> Server<H> {
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.counts.publish(&self.stats);
+                    return Err(e);
+                }
             }
             let now = Instant::now();
             self.run_inbox(now);
@@ -402,30 +414,23 @@ impl<H: Handler> Server<H> {
             let listener = if admin { self.admin.as_ref() } else { self.listener.as_ref() };
             let Some(listener) = listener else { return };
             match listener.accept() {
+                Ok((stream, peer)) if admin => {
+                    if self.admin_live >= ADMIN_MAX_CONNECTIONS {
+                        warn!("[{peer}] admin address: at its limit of {ADMIN_MAX_CONNECTIONS} connections");
+                        continue;
+                    }
+                    self.register(Socket::new(stream), peer, now, true);
+                }
                 Ok((stream, peer)) => {
                     self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    if self.policy.at_connection_limit(self.conns.live()) {
+                    if self.policy.at_connection_limit(self.connections()) {
                         refuse_overloaded(stream, peer, self.cfg.max_connections);
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let socket = if admin { Some(Socket::new(stream)) } else { self.transport_for(stream, peer) };
-                    let Some(socket) = socket else { continue };
-                    let engine = Connection::server(self.engine_config.clone(), now);
-                    let id = self.conns.insert(Conn::new(socket, engine, peer, now, admin));
-                    let slot = id.slot as usize;
-                    let Some(conn) = self.conns.at(slot) else { continue };
-                    if let Err(e) = self.poll.registry().register(&mut conn.socket.stream, Token(slot), Interest::READABLE) {
-                        warn!("[{peer}] register failed: {e}");
-                        self.conns.remove(slot);
-                        continue;
-                    }
-                    self.stats.connections.store(self.conns.live(), Ordering::Relaxed);
-                    debug!("[{peer}] accepted");
-                    // Edge-triggered: data may already be waiting.
-                    self.conns.reads.push(slot);
-                    self.conns.dirty.push(slot);
+                    let Some(socket) = self.transport_for(stream, peer) else { continue };
+                    self.register(socket, peer, now, false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -436,6 +441,28 @@ impl<H: Handler> Server<H> {
                 }
             }
         }
+    }
+
+    /// Takes a new connection into the table and the poll (or drops it if it cannot
+    /// be registered).
+    fn register(&mut self, socket: Socket, peer: SocketAddr, now: Instant, admin: bool) {
+        let engine = Connection::server(self.engine_config.clone(), now);
+        let id = self.conns.insert(Conn::new(socket, engine, peer, now, admin));
+        let slot = id.slot as usize;
+        let Some(conn) = self.conns.at(slot) else { return };
+        if let Err(e) = self.poll.registry().register(&mut conn.socket.stream, Token(slot), Interest::READABLE) {
+            warn!("[{peer}] register failed: {e}");
+            self.conns.remove(slot);
+            return;
+        }
+        if admin {
+            self.admin_live += 1;
+        }
+        self.stats.connections.store(self.connections(), Ordering::Relaxed);
+        debug!("[{peer}] accepted");
+        // Edge-triggered: data may already be waiting.
+        self.conns.reads.push(slot);
+        self.conns.dirty.push(slot);
     }
 
     /// The socket for a new connection: plain, or under TLS when configured.
@@ -623,9 +650,12 @@ impl<H: Handler> Server<H> {
             self.dispatch(Instant::now(), i);
         }
         if let Some(mut conn) = self.conns.remove(i) {
+            if conn.admin {
+                self.admin_live -= 1;
+            }
             self.memory.forget(&conn, &self.stats);
             let _ = self.poll.registry().deregister(&mut conn.socket.stream);
-            self.stats.connections.store(self.conns.live(), Ordering::Relaxed);
+            self.stats.connections.store(self.connections(), Ordering::Relaxed);
             debug!("[{}] socket closed", conn.peer);
         }
     }
@@ -643,7 +673,7 @@ impl<H: Handler> Server<H> {
     }
 
     fn begin_shutdown(&mut self, now: Instant) -> Instant {
-        info!("shutting down: closing {} connections with 1001", self.conns.live());
+        info!("shutting down: closing {} connections with 1001", self.connections());
         self.draining = true;
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
@@ -651,7 +681,7 @@ impl<H: Handler> Server<H> {
         for i in 0..self.conns.slots() {
             let Some(conn) = self.conns.at(i) else { continue };
             if conn.admin {
-                continue; // answered as usual (health: 503)
+                continue; // answered as usual (/healthz: 503)
             }
             match conn.engine.state() {
                 State::Open => {
@@ -701,14 +731,21 @@ impl<H: Handler> Server<H> {
                     let response = if admin {
                         http::admin_answer(&req, self.draining, || self.metrics_page())
                     } else {
-                        http::public_answer(&req, self.draining, |req| handler.on_http(id, peer, req))
+                        http::public_answer(&req, |req| handler.on_http(id, peer, req))
                     };
-                    self.stats.http_responses.add(response.status());
-                    debug!("[{peer}] {} {} -> {}", req.method, req.target, response.status());
                     let Some(conn) = self.conns.at(i) else { return };
-                    if let Err(e) = conn.engine.respond(&response) {
-                        warn!("[{peer}] HTTP answer failed: {e}");
-                        let _ = conn.engine.respond(&Reject::new(500));
+                    let status = match conn.engine.respond(&response) {
+                        Ok(()) => response.status(),
+                        Err(e) => {
+                            warn!("[{peer}] HTTP answer failed: {e}");
+                            let _ = conn.engine.respond(&Reject::new(500));
+                            500
+                        }
+                    };
+                    debug!("[{peer}] {} {} -> {status}", req.method, req.target);
+                    // Scrapes and probes of the admin address are not the public's traffic.
+                    if !admin {
+                        self.stats.http_responses.add(status);
                     }
                 }
                 Event::Open { .. } => {
@@ -728,6 +765,10 @@ impl<H: Handler> Server<H> {
                     self.pool.give_back(back);
                 }
                 Event::Frame { kind, data, fin } => {
+                    if fin {
+                        ctx.counts.received(0);
+                    }
+                    ctx.counts.received_bytes(data.len());
                     handler.on_frame(&mut ctx, id, kind, &data, fin);
                     self.pool.give_back(Some(data));
                 }
@@ -735,11 +776,15 @@ impl<H: Handler> Server<H> {
                 Event::Pong { payload, rtt } => handler.on_pong(&mut ctx, id, &payload, rtt),
                 Event::Closed(closed) => {
                     self.stats.count_closes(&closed);
-                    if let Some(status) = handshake_refusal(&closed) {
-                        self.stats.rejected_handshake.add(status);
+                    match handshake_refusal(&closed) {
+                        Some(status) if !admin => self.stats.rejected_handshake.add(status),
+                        _ => {}
                     }
+                    let requested = ctx.conns.at(i).is_some_and(|c| c.requested);
                     match &closed.error {
                         Some(err) => info!("[{peer}] disconnected: {} {:?} ({err})", closed.code(), closed.reason()),
+                        // A plain HTTP exchange (a page, a probe, a scrape) is no disconnection.
+                        None if !requested => debug!("[{peer}] HTTP exchange done"),
                         None => info!("[{peer}] disconnected: {} {:?}", closed.code(), closed.reason()),
                     }
                     if ctx.conns.at(i).is_some_and(|c| std::mem::take(&mut c.requested)) {

@@ -21,7 +21,7 @@
 //! |---|---|---|---|---|
 //! | ReadRequest (server) | head complete: `Request` event, → AwaitAccept (a plain HTTP request with [`Config::plain_http`]: `HttpRequest` event, → AwaitHttpAnswer); bad head: HTTP error, → Closed | → Closed | handshake: 408, → Closed | — |
 //! | AwaitAccept (server) | kept (bounded) for after `accept` | → Closed | handshake: → Closed | `accept`: 101, → Open; `reject`: HTTP status, → Closed |
-//! | AwaitHttpAnswer (server, [`Config::plain_http`]) | discarded | → Closed | handshake: 408, → Closed | `respond`: HTTP response, → Closed |
+//! | AwaitHttpAnswer (server, [`Config::plain_http`]) | discarded | kept (a half-closed client still gets its answer) | handshake: 408, → Closed | `respond`: HTTP response, → Closed |
 //! | ReadResponse (client) | 101 checked: → Open; else → Closed | → Closed | handshake: → Closed | — |
 //! | Open | frames: events; peer's close: reply queued, server → Closed, client → AwaitEof; violation: close code queued, same | → Closed (1006) | keepalive ping; pong or idle timeout: → Closed (1006) | `close`: close frame, → Closing |
 //! | Closing (we sent close) | frames as when open (the peer's data already on its way still arrives); peer's close: server → Closed, client → AwaitEof | → Closed | close timeout: → Closed | — |
@@ -293,7 +293,9 @@ impl Connection {
     pub fn handle_eof(&mut self, _now: Instant) {
         match self.phase {
             Phase::Closed => {}
-            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => {
+            // The request is whole: a client that half-closed after it still gets the answer.
+            Phase::AwaitHttpAnswer { .. } => {}
+            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::ReadResponse(_) => {
                 self.error.get_or_insert(ProtocolError::Handshake(HandshakeError::UnexpectedEof));
                 self.initiator.get_or_insert(Side::Remote);
                 self.finish();

@@ -250,11 +250,13 @@ fn target_query(target: &str) -> Option<&str> {
     target.split_once('?').map(|(_, q)| q)
 }
 
-/// A plain HTTP request: neither `Upgrade` nor `Sec-WebSocket-Key` (a browser opening
-/// the address, a health check, a crawler). A server engine whose
+/// A plain HTTP request: no `Sec-WebSocket-Key` and no `websocket` upgrade asked (a
+/// browser opening the address, a health check, a crawler). A server engine whose
 /// [`Config::plain_http`] is on hands it over as [`crate::Event::HttpRequest`], to be
-/// answered with [`crate::Connection::respond`]; the connection then ends.
+/// answered with [`crate::Connection::respond`]; the connection then ends. A request
+/// body is not read (it is discarded with whatever else follows the head).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HttpRequest {
     /// The method (`GET`, `HEAD`, `POST` ...).
     pub method: String,
@@ -302,9 +304,11 @@ pub(crate) enum RequestHead {
     Plain(HttpRequest),
 }
 
-/// Neither `Upgrade` nor a key: a plain HTTP request, not a failed handshake.
+/// No key and no `websocket` in `Upgrade`: a plain HTTP request, not a failed
+/// handshake. An upgrade to something else (`Upgrade: h2c` from `curl --http2`) may
+/// be ignored (RFC 9110 §7.8).
 fn is_plain(headers: &Headers) -> bool {
-    header(headers, "upgrade").is_none() && header(headers, "sec-websocket-key").is_none()
+    header(headers, "sec-websocket-key").is_none() && !has_token(headers, "upgrade", "websocket")
 }
 
 /// Parses a complete request head: a plain HTTP request when `plain_http` and it asks
@@ -593,7 +597,7 @@ impl Reject {
         let mut lines: Vec<(String, String)> =
             implied.iter().filter(|(n, _)| !explicit(n)).map(|&(n, v)| (n.to_owned(), v.to_owned())).collect();
         lines.extend(self.headers.iter().cloned());
-        if !self.body.is_empty() && !explicit("content-type") {
+        if self.has_content() && !explicit("content-type") {
             lines.push(("Content-Type".to_owned(), "text/plain; charset=utf-8".to_owned()));
         }
         Ok(lines)
@@ -602,6 +606,12 @@ impl Reject {
     /// The body.
     pub fn body_bytes(&self) -> &[u8] {
         &self.body
+    }
+
+    /// Whether a body goes out: not for 204 and 304, which have no content (RFC 9110
+    /// §6.4.1); their body is ignored.
+    fn has_content(&self) -> bool {
+        !self.body.is_empty() && self.status != 204 && self.status != 304
     }
 }
 
@@ -616,8 +626,13 @@ pub(crate) fn write_response(out: &mut Vec<u8>, reject: &Reject, with_body: bool
     }
     // RFC 9110 §7.8: a response that names an Upgrade lists it in Connection too.
     let connection = if status == 426 { "Upgrade, close" } else { "close" };
-    out.extend_from_slice(format!("Connection: {connection}\r\nContent-Length: {}\r\n\r\n", reject.body.len()).as_bytes());
-    if with_body {
+    out.extend_from_slice(format!("Connection: {connection}\r\n").as_bytes());
+    // RFC 9110 §8.6: no Content-Length on a 204 (a 304 is not expected to carry one).
+    if status != 204 && status != 304 {
+        out.extend_from_slice(format!("Content-Length: {}\r\n", reject.body.len()).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    if with_body && reject.has_content() {
         out.extend_from_slice(&reject.body);
     }
     Ok(())
