@@ -62,14 +62,14 @@ wait_port() {
 start_server() {
   local name=$1 port=$2
   case $name in
-  rfc6455-echo) $pin_server $ours --log warn echo --listen 127.0.0.1:$port --max-message-size 67108864 & ;;
-  rfc6455-relay) $pin_server $ours --log warn relay --listen 127.0.0.1:$port & ;;
+  rfc6455-echo) $pin_server $ours --log warn echo --threads 1 --listen 127.0.0.1:$port --max-message-size 67108864 & ;;
+  rfc6455-relay) $pin_server $ours --log warn relay --threads 1 --listen 127.0.0.1:$port & ;;
   rfc6455-tokio-echo) $pin_server target/release/examples/tokio_echo 127.0.0.1:$port --single-thread >/dev/null 2>&1 & ;;
   tungstenite-echo) $pin_server $peers/tungstenite_server 127.0.0.1:$port echo 2>/dev/null & ;;
   tungstenite-relay) $pin_server $peers/tungstenite_server 127.0.0.1:$port relay 2>/dev/null & ;;
   fastwebsockets-echo) $pin_server $peers/fastws_echo 127.0.0.1:$port 2>/dev/null & ;;
   tcp-floor) $pin_server $peers/tcp_reflector 127.0.0.1:$port 2>/dev/null & ;;
-  rfc6455-echo-tls) $pin_server $ours --log warn echo --listen 127.0.0.1:$port --tls-cert "$tlsdir/leaf.pem" --tls-key "$tlsdir/leaf.key" & ;;
+  rfc6455-echo-tls) $pin_server $ours --log warn echo --threads 1 --listen 127.0.0.1:$port --tls-cert "$tlsdir/leaf.pem" --tls-key "$tlsdir/leaf.key" & ;;
   tungstenite-echo-tls) $pin_server $peers/tungstenite_server 127.0.0.1:$port echo "$tlsdir/leaf.pem" "$tlsdir/leaf.key" 2>/dev/null & ;;
   esac
   server_pid=$!

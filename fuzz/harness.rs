@@ -145,8 +145,11 @@ fn handshake_server_with(data: &[u8], plain_http: bool) {
                 s.accept(now, Accept::new()).unwrap();
             }
             if let Event::HttpRequest(req) = &e {
-                // Only a server that takes them, and only requests that ask for no upgrade.
-                assert!(plain_http && req.header("upgrade").is_none() && req.header("sec-websocket-key").is_none());
+                // Only a server that takes them, and only requests with no key that ask for no
+                // WebSocket upgrade (another upgrade, `h2c`, may be ignored).
+                let upgrade = String::from_utf8_lossy(req.header("upgrade").unwrap_or_default()).into_owned();
+                let websocket = upgrade.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"));
+                assert!(plain_http && req.header("sec-websocket-key").is_none() && !websocket, "{req:?}");
                 s.respond(&rfc6455::Reject::new(200).body("page")).unwrap();
                 let out = drain_output(&mut s);
                 assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"), "{out:?}");

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 use log::{error, info, warn};
 use rfc6455::net::{
-    Client, ClientOptions, Echo, Handler, Relay, Server, ServerConfig, TlsAcceptor, TlsClientOptions, TlsConnector, TlsFiles,
+    Client, ClientOptions, Echo, Handler, Relay, ServerConfig, ServerGroup, TlsAcceptor, TlsClientOptions, TlsConnector, TlsFiles,
 };
 use rfc6455::{ClientRequest, CloseCode, Config, DeflateConfig, Event};
 
@@ -151,6 +151,10 @@ impl ClientTlsArgs {
 
 #[derive(Args)]
 struct ServerArgs {
+    /// Event loops, one per thread, 1 to 64 (default: the cores available). Rooms span
+    /// them; 1 is a single loop.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    threads: Option<u32>,
     /// Serve /metrics (Prometheus) and /healthz on this address, e.g. 127.0.0.1:9090
     /// (HOST:PORT or a bare PORT on 127.0.0.1); keep it off the public network.
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
@@ -218,6 +222,11 @@ impl ServerArgs {
         TlsAcceptor::from_files(files).map(Some).map_err(|e| e.to_string())
     }
 
+    /// --threads, or the number of cores available.
+    fn threads(&self) -> usize {
+        self.threads.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(64)), |n| n as usize)
+    }
+
     fn config(&self) -> ServerConfig {
         let keepalive = self.keepalive;
         ServerConfig {
@@ -250,20 +259,19 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return fatal(&e),
             };
-            let relay = if server.deflate {
-                let d = server.deflate_config(true);
-                cfg.engine.deflate = Some(d.clone());
-                Relay::with_deflate(d)
-            } else {
-                Relay::new()
+            let deflate = server.deflate.then(|| server.deflate_config(true));
+            cfg.engine.deflate = deflate.clone();
+            // One relay per loop, linked so that rooms span the loops.
+            let relay = move |_| {
+                let relay = deflate.clone().map_or_else(Relay::new, Relay::with_deflate);
+                if no_page { relay } else { relay.with_page() }
             };
-            let relay = if no_page { relay } else { relay.with_page() };
             if !no_page && cfg.allowed_origins.is_some() {
                 warn!(
                     "--allow-origin is set: the chat page connects only if its own origin (http://HOST:PORT as the browser sees it) is in the list"
                 );
             }
-            serve(listen, cfg, relay, "relay", !no_page)
+            serve(listen, cfg, server.threads(), relay, Relay::link, "relay", !no_page)
         }
         Command::Echo { listen, server } => {
             let mut cfg = server.config();
@@ -271,7 +279,7 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return fatal(&e),
             };
-            serve(listen, cfg, Echo, "echo", false)
+            serve(listen, cfg, server.threads(), |_| Echo, |_| {}, "echo", false)
         }
         Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate, tls, proxy, session } => {
             let request = match client_request(&url, protocols, headers, origin) {
@@ -324,11 +332,19 @@ fn fatal(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Runs a server until a signal; the startup line gives its addresses (the chat
-/// page's when `page`).
-fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &str, page: bool) -> ExitCode {
+/// Runs `threads` loops until a signal, each with a `handler(i)`, `link`ed before
+/// they start; the startup line gives the addresses (the chat page's when `page`).
+fn serve<H: Handler + Send + 'static>(
+    listen: SocketAddr,
+    cfg: ServerConfig,
+    threads: usize,
+    handler: impl FnMut(usize) -> H,
+    link: fn(&mut ServerGroup<H>),
+    what: &str,
+    page: bool,
+) -> ExitCode {
     let tls = cfg.tls.clone();
-    let mut server = match Server::bind(listen, cfg, handler) {
+    let mut server = match ServerGroup::bind(listen, cfg, threads, handler) {
         Ok(s) => s,
         Err(e) => {
             // Fatal: always on stderr, whatever the log level.
@@ -337,6 +353,7 @@ fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &s
             return ExitCode::FAILURE;
         }
     };
+    link(&mut server);
     let handle = server.shutdown_handle();
     match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
         Ok(mut signals) => {
@@ -360,6 +377,9 @@ fn serve<H: Handler>(listen: SocketAddr, cfg: ServerConfig, handler: H, what: &s
     let (scheme, http) = if tls.is_some() { ("wss", "https") } else { ("ws", "http") };
     let addr = server.local_addr();
     let mut line = format!("{what} listening on {scheme}://{addr}");
+    if threads > 1 {
+        line.push_str(&format!(" ({threads} loops)"));
+    }
     if page {
         line.push_str(&format!("; chat page: {http}://{addr}/lobby"));
     }

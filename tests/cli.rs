@@ -82,6 +82,8 @@ fn zero_and_absurd_values_are_refused_with_the_allowed_range() {
     refused(&["--log", "loud", "relay"], "not a log level");
     refused(&["relay", "--listen", "127.0.0.1:99999"], "not an address to listen on");
     refused(&["relay", "--admin-listen", "nowhere"], "not an address to listen on");
+    refused(&["relay", "--threads", "0"], "--threads");
+    refused(&["echo", "--threads", "65"], "--threads");
 }
 
 /// Durations take fractions and units.
@@ -314,4 +316,26 @@ fn the_relay_prints_where_its_page_and_metrics_are() {
     let bare = ServerProcess::start(&["relay", "--listen", "127.0.0.1:0", "--no-page"]);
     assert!(!bare.startup.contains("chat page"), "{}", bare.startup);
     assert_eq!(http_get(bare.addr, "/lobby").0, 426);
+}
+
+/// `--threads 3`: three loops on one port; clients that land on different loops share
+/// a room, and the metrics sum every loop.
+#[test]
+fn the_relay_on_several_loops_shares_rooms() {
+    use common::net::{ServerProcess, http_get, next_message};
+    let relay = ServerProcess::start(&["relay", "--listen", "127.0.0.1:0", "--threads", "3", "--admin-listen", "127.0.0.1:0"]);
+    assert!(relay.startup.contains("(3 loops)"), "{}", relay.startup);
+    let url = format!("ws://{}/lobby", relay.addr);
+    let mut clients: Vec<rfc6455::net::Client> = (0..12).map(|_| rfc6455::net::Client::connect_url(&url).unwrap()).collect();
+    let admin = relay.addr_after("metrics: http://");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !String::from_utf8(http_get(admin, "/metrics").2).unwrap().contains("rfc6455_relay_members 12\n") {
+        assert!(std::time::Instant::now() < deadline, "12 members over the loops");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200)); // interest reaches every loop (next turn of each)
+    clients[0].send_text("to everyone").unwrap();
+    for c in &mut clients[1..] {
+        assert_eq!(next_message(c).1, b"to everyone");
+    }
 }

@@ -67,6 +67,9 @@ pub trait Handler {
     /// The connection is over: called once for every connection that got
     /// [`Handler::on_request`], opened or not.
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId, _closed: &Closed) {}
+    /// Once per loop turn, after every read and before the writes: the place to send
+    /// what the turn gathered for other threads in one batch (a relay's bus).
+    fn end_of_turn(&mut self, _ctx: &mut Ctx<'_>) {}
 }
 
 /// Access to the server's connections from inside a [`Handler`] (or a closure run

@@ -32,6 +32,10 @@ impl StatusCounts {
     }
 
     /// The count for `status`.
+    fn absorb(&self, other: &Self) {
+        add_all(&self.0, &other.0);
+    }
+
     pub(crate) fn get(&self, status: u16) -> u64 {
         STATUSES.iter().position(|&s| s == status).map_or(0, |i| self.0[i].load(Ordering::Relaxed))
     }
@@ -64,6 +68,10 @@ impl CloseCounts {
         }
     }
 
+    fn absorb(&self, other: &Self) {
+        add_all(&self.0, &other.0);
+    }
+
     pub(crate) fn add(&self, code: CloseCode) {
         self.0[Self::slot(code.0)].fetch_add(1, Ordering::Relaxed);
     }
@@ -93,6 +101,11 @@ impl Histogram {
         let i = LATENCY_BUCKETS.iter().position(|&b| secs <= b).unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_micros.fetch_add(d.as_micros().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+    }
+
+    fn absorb(&self, other: &Self) {
+        add_all(&self.buckets, &other.buckets);
+        add(&self.sum_micros, &other.sum_micros);
     }
 
     /// Observations so far.
@@ -171,6 +184,48 @@ impl ServerStats {
         self.handshake_latency.count()
     }
 
+    /// Adds `other`'s counts (and gauges) to these: the counters of a process whose
+    /// loops each keep their own.
+    pub(crate) fn absorb(&self, other: &ServerStats) {
+        for (a, b) in [
+            (&self.connections, &other.connections),
+            (&self.pinned_bytes, &other.pinned_bytes),
+            (&self.peak_pinned_bytes, &other.peak_pinned_bytes),
+        ] {
+            a.fetch_add(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        for (a, b) in [
+            (&self.accepted, &other.accepted),
+            (&self.opened, &other.opened),
+            (&self.refused, &other.refused),
+            (&self.rejected_origin, &other.rejected_origin),
+            (&self.slow_consumers, &other.slow_consumers),
+            (&self.over_budget, &other.over_budget),
+            (&self.inbox_overflows, &other.inbox_overflows),
+            (&self.messages_received, &other.messages_received),
+            (&self.bytes_received, &other.bytes_received),
+            (&self.messages_sent, &other.messages_sent),
+            (&self.bytes_sent, &other.bytes_sent),
+        ] {
+            add(a, b);
+        }
+        self.rejected_handshake.absorb(&other.rejected_handshake);
+        self.rejected_handler.absorb(&other.rejected_handler);
+        self.http_responses.absorb(&other.http_responses);
+        self.close_sent.absorb(&other.close_sent);
+        self.close_received.absorb(&other.close_received);
+        self.handshake_latency.absorb(&other.handshake_latency);
+    }
+
+    /// The sum of several loops' counters.
+    pub fn sum<'a>(loops: impl IntoIterator<Item = &'a ServerStats>) -> ServerStats {
+        let total = ServerStats::default();
+        for s in loops {
+            total.absorb(s);
+        }
+        total
+    }
+
     /// Counts the close frames of a connection that opened.
     pub(crate) fn count_closes(&self, closed: &Closed) {
         if let Some(f) = &closed.sent {
@@ -230,6 +285,16 @@ impl ServerStats {
         m.sample(&format!("{name}_bucket"), &[("le", "+Inf")], cumulative);
         m.sample(&format!("{name}_sum"), &[], h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
         m.sample(&format!("{name}_count"), &[], cumulative);
+    }
+}
+
+fn add(a: &AtomicU64, b: &AtomicU64) {
+    a.fetch_add(b.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+fn add_all(a: &[AtomicU64], b: &[AtomicU64]) {
+    for (x, y) in a.iter().zip(b) {
+        add(x, y);
     }
 }
 

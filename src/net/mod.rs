@@ -11,8 +11,10 @@
 //! `relay.rs` the shipped handlers, `client.rs` the client, `tls.rs` the TLS transport
 //! (feature `tls`).
 
+mod bus;
 mod client;
 mod conn;
+mod group;
 mod handler;
 mod http;
 mod metrics;
@@ -23,6 +25,7 @@ mod server;
 mod tls;
 
 pub use client::{Client, ClientError, ClientOptions, ClientWaker};
+pub use group::ServerGroup;
 pub use handler::{ConnId, Ctx, Handler};
 pub use metrics::{MetricKind, Metrics};
 pub use policy::SlowConsumerPolicy;

@@ -1,12 +1,18 @@
 //! The two servers that ship with the crate: the chat relay (every message goes to the
-//! other clients of the same room) and echo (every message goes back to its sender).
+//! other clients of the same room, on every loop of the process) and echo (every
+//! message goes back to its sender).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use crate::net::bus::{Bus, BusItem, BusMember, Frames};
+use crate::net::group::ServerGroup;
 use crate::net::handler::{ConnId, Ctx, Handler};
 use crate::net::http;
 use crate::net::metrics::Metrics;
+use crate::net::server::Server;
 use crate::{Accept, Closed, HttpRequest, MessageKind, Reject, Request, SharedFrame};
 
 /// The window of the relay's shared compressor (the largest; every client that
@@ -57,16 +63,21 @@ impl FramePool {
 /// not get its own message back; per sender, order is preserved. Each relayed message
 /// is encoded once and the same bytes are queued for every recipient; with
 /// permessage-deflate, recipients that agreed to `server_no_context_takeover` (the relay
-/// asks for it) get one compressed encoding, shared likewise.
+/// asks for it) get one compressed encoding, shared likewise. Over several loops
+/// ([`Relay::link`]), rooms span them: a message goes once to each loop with members in
+/// its room, as the same encoded bytes (see `bus.rs`).
 #[derive(Debug, Default)]
 pub struct Relay {
-    /// Room name -> members, in join order.
-    rooms: HashMap<String, Vec<ConnId>>,
+    /// Room name -> members on this loop, in join order.
+    rooms: HashMap<Arc<str>, Vec<ConnId>>,
     /// Connection -> its room, from the handshake until it closes.
-    room_of: HashMap<ConnId, String>,
+    room_of: HashMap<ConnId, Arc<str>>,
     relayed: u64,
+    members: usize,
     /// Serve the chat page to plain HTTP requests.
     page: bool,
+    /// The other loops of the process, when linked.
+    bus: Option<Bus<Relay>>,
     plain: FramePool,
     #[cfg(feature = "deflate")]
     compressed: FramePool,
@@ -97,12 +108,26 @@ impl Relay {
         self
     }
 
-    /// Members of `room` that are open.
+    /// Links the relays of a group's loops (at most 64) so that rooms span them: call
+    /// it after [`ServerGroup::bind`] and before [`ServerGroup::run`]. The semantics
+    /// stay those of one loop: no echo to the sender, per-sender order for every
+    /// recipient. A loop whose inbox is full (4,096 turns behind) loses the messages
+    /// sent to it in that turn; they are counted (`rfc6455_bus_dropped_total`).
+    pub fn link(group: &mut ServerGroup<Relay>) {
+        let loops = group.loops_mut();
+        let inboxes = loops.iter().map(Server::inbox).collect();
+        for (server, bus) in loops.iter_mut().zip(Bus::link(inboxes)) {
+            server.handler_mut().bus = Some(bus);
+        }
+    }
+
+    /// Members of `room` that are open (on this loop).
     pub fn members(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, Vec::len)
     }
 
-    /// Messages relayed so far (each counted once, whatever the number of recipients).
+    /// Messages relayed so far by this loop (each counted once, whatever the number of
+    /// recipients).
     pub fn relayed(&self) -> u64 {
         self.relayed
     }
@@ -111,43 +136,18 @@ impl Relay {
     pub fn tracked(&self) -> usize {
         self.room_of.len()
     }
-}
 
-impl Handler for Relay {
-    fn on_http(&mut self, _id: ConnId, _peer: SocketAddr, req: &HttpRequest) -> Option<Reject> {
-        self.page.then(|| http::chat_page(req))
+    /// Rooms that other loops have members in, as this loop knows them.
+    pub fn rooms_elsewhere(&self) -> Vec<String> {
+        self.bus.as_ref().map_or_else(Vec::new, |b| b.remote_rooms().map(str::to_owned).collect())
     }
 
-    fn metrics(&self, m: &mut Metrics) {
-        m.gauge("rfc6455_relay_rooms", "Rooms with at least one open member.", self.rooms.len() as u64);
-        let members = self.rooms.values().map(Vec::len).sum::<usize>();
-        m.gauge("rfc6455_relay_members", "Open connections in rooms.", members as u64);
-        m.counter("rfc6455_relay_messages_total", "Messages relayed (each once, whatever the recipients).", self.relayed);
-    }
-
-    fn on_request(&mut self, id: ConnId, _peer: SocketAddr, req: &Request) -> Result<Accept, Reject> {
-        self.room_of.insert(id, req.path().to_owned());
-        Ok(Accept::new())
-    }
-
-    fn on_open(&mut self, _ctx: &mut Ctx<'_>, id: ConnId) {
-        if let Some(room) = self.room_of.get(&id) {
-            self.rooms.entry(room.clone()).or_default().push(id);
-        }
-    }
-
-    fn on_message(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: &[u8]) {
-        let Some(members) = self.room_of.get(&id).and_then(|room| self.rooms.get(room)) else { return };
-        self.relayed += 1;
-        if members.len() < 2 {
-            return;
-        }
-        // Each encoding is made at most once, on first need.
-        let mut plain: Option<SharedFrame> = None;
-        #[cfg(feature = "deflate")]
-        let mut compressed: Option<SharedFrame> = None;
+    /// Queues the message for this loop's members of `room` (but `except`), making each
+    /// encoding at most once, on first need.
+    fn fan_out(&mut self, ctx: &mut Ctx<'_>, room: &str, except: Option<ConnId>, kind: MessageKind, data: &[u8], frames: &mut Frames) {
+        let Some(members) = self.rooms.get(room) else { return };
         for &peer in members {
-            if peer == id {
+            if Some(peer) == except {
                 continue;
             }
             #[cfg(feature = "deflate")]
@@ -157,7 +157,7 @@ impl Handler for Relay {
                     .and_then(|e| e.deflate_params())
                     .is_some_and(|p| p.server_no_context_takeover && p.server_max_window_bits >= SHARED_WINDOW_BITS);
                 if shared_ok && data.len() >= cfg.min_size {
-                    let frame = compressed.get_or_insert_with(|| {
+                    let frame = frames.compressed.get_or_insert_with(|| {
                         buf.clear();
                         deflater.compress(data, buf);
                         self.compressed.frame(kind, buf, Some(SHARED_WINDOW_BITS))
@@ -171,20 +171,140 @@ impl Handler for Relay {
                     continue;
                 }
             }
-            let frame = plain.get_or_insert_with(|| self.plain.frame(kind, data, None));
+            let frame = frames.plain.get_or_insert_with(|| self.plain.frame(kind, data, None));
             ctx.send_shared(peer, frame);
+        }
+    }
+
+    /// The encodings other loops need for a message: the plain frame always (their
+    /// recipients may compress for themselves from it), the shared compressed one when
+    /// this relay compresses a message this large.
+    fn complete(&mut self, kind: MessageKind, data: &[u8], frames: &mut Frames) {
+        if frames.plain.is_none() {
+            frames.plain = Some(self.plain.frame(kind, data, None));
+        }
+        #[cfg(feature = "deflate")]
+        if let Some((deflater, cfg, buf)) = self.deflate.as_mut() {
+            if frames.compressed.is_none() && data.len() >= cfg.min_size {
+                buf.clear();
+                deflater.compress(data, buf);
+                frames.compressed = Some(self.compressed.frame(kind, buf, Some(SHARED_WINDOW_BITS)));
+            }
+        }
+    }
+
+    /// A member joined (`+1`) or left (`-1`) `room` on this loop: other loops learn
+    /// when the room gains its first member here or loses its last.
+    fn membership_changed(&mut self, room: &Arc<str>, now_empty_or_first: Option<bool>) {
+        let members = self.members;
+        if let Some(bus) = self.bus.as_mut() {
+            bus.set_members(members);
+            if let Some(member) = now_empty_or_first {
+                bus.announce(room, member);
+            }
+        }
+    }
+}
+
+impl BusMember for Relay {
+    /// What other loops sent this turn, in their order.
+    fn receive(&mut self, ctx: &mut Ctx<'_>, items: Vec<BusItem>) {
+        for item in items {
+            match item {
+                BusItem::Interest { room, from, member } => {
+                    if let Some(bus) = self.bus.as_mut() {
+                        bus.interest(room, from, member);
+                    }
+                }
+                BusItem::Message { room, kind, mut frames } => {
+                    let Some(plain) = frames.plain.clone() else { continue };
+                    self.fan_out(ctx, &room, None, kind, plain.payload(), &mut frames);
+                }
+            }
+        }
+    }
+}
+
+impl Handler for Relay {
+    fn on_http(&mut self, _id: ConnId, _peer: SocketAddr, req: &HttpRequest) -> Option<Reject> {
+        self.page.then(|| http::chat_page(req))
+    }
+
+    fn metrics(&self, m: &mut Metrics) {
+        let (rooms, members, relayed) = match &self.bus {
+            Some(bus) => {
+                let mut rooms: HashSet<&str> = self.rooms.keys().map(|r| &**r).collect();
+                rooms.extend(bus.remote_rooms());
+                let members = bus.shared.members.iter().map(|m| m.load(Ordering::Relaxed)).sum::<usize>();
+                let relayed = bus.shared.relayed.iter().map(|r| r.load(Ordering::Relaxed)).sum::<u64>();
+                (rooms.len(), members, relayed)
+            }
+            None => (self.rooms.len(), self.members, self.relayed),
+        };
+        m.gauge("rfc6455_relay_rooms", "Rooms with at least one open member.", rooms as u64);
+        m.gauge("rfc6455_relay_members", "Open connections in rooms.", members as u64);
+        m.counter("rfc6455_relay_messages_total", "Messages relayed (each once, whatever the recipients).", relayed);
+        if let Some(bus) = &self.bus {
+            let crossed = bus.shared.crossed.load(Ordering::Relaxed);
+            m.counter("rfc6455_bus_messages_total", "Messages sent to another loop (once per interested loop).", crossed);
+            let dropped = bus.shared.dropped.load(Ordering::Relaxed);
+            m.counter("rfc6455_bus_dropped_total", "Messages lost to a loop whose inbox was full.", dropped);
+        }
+    }
+
+    fn on_request(&mut self, id: ConnId, _peer: SocketAddr, req: &Request) -> Result<Accept, Reject> {
+        self.room_of.insert(id, Arc::from(req.path()));
+        Ok(Accept::new())
+    }
+
+    fn on_open(&mut self, _ctx: &mut Ctx<'_>, id: ConnId) {
+        let Some(room) = self.room_of.get(&id).cloned() else { return };
+        let members = self.rooms.entry(room.clone()).or_default();
+        members.push(id);
+        let first = members.len() == 1;
+        self.members += 1;
+        self.membership_changed(&room, first.then_some(true));
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: &[u8]) {
+        let Some(room) = self.room_of.get(&id).cloned() else { return };
+        if !self.rooms.contains_key(&room) {
+            return;
+        }
+        self.relayed += 1;
+        let mut frames = Frames::default();
+        self.fan_out(ctx, &room, Some(id), kind, data, &mut frames);
+        if let Some(bus) = self.bus.as_mut() {
+            bus.count_relayed();
+            if bus.wanted(&room) {
+                self.complete(kind, data, &mut frames);
+                if let Some(bus) = self.bus.as_mut() {
+                    bus.forward(&room, kind, &frames);
+                }
+            }
         }
     }
 
     /// Also called for connections that never opened: their room entry goes too.
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _closed: &Closed) {
-        if let Some(room) = self.room_of.remove(&id) {
-            if let Some(members) = self.rooms.get_mut(&room) {
-                members.retain(|&m| m != id);
-                if members.is_empty() {
-                    self.rooms.remove(&room);
-                }
-            }
+        let Some(room) = self.room_of.remove(&id) else { return };
+        let Some(members) = self.rooms.get_mut(&room) else { return };
+        let before = members.len();
+        members.retain(|&m| m != id);
+        if members.len() == before {
+            return; // it never opened
+        }
+        self.members -= 1;
+        let last = members.is_empty();
+        if last {
+            self.rooms.remove(&room);
+        }
+        self.membership_changed(&room, last.then_some(false));
+    }
+
+    fn end_of_turn(&mut self, _ctx: &mut Ctx<'_>) {
+        if let Some(bus) = self.bus.as_mut() {
+            bus.flush();
         }
     }
 }

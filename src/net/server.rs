@@ -15,7 +15,7 @@ use std::collections::BinaryHeap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -123,7 +123,8 @@ impl ServerConfig {
 #[derive(Clone, Debug)]
 pub struct ShutdownHandle {
     flag: Arc<AtomicBool>,
-    waker: Arc<Waker>,
+    /// Every loop that watches the flag (one, or each loop of a [`crate::net::ServerGroup`]).
+    wakers: Vec<Arc<Waker>>,
 }
 
 impl ShutdownHandle {
@@ -131,7 +132,25 @@ impl ShutdownHandle {
     /// client, wait for their closes up to the shutdown timeout, then return from `run`.
     pub fn shutdown(&self) {
         self.flag.store(true, Ordering::SeqCst);
-        let _ = self.waker.wake();
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+    }
+}
+
+/// What the loops of one process share: the shutdown flag, the count of connections
+/// (the connection limit is per process) and every loop's counters (for `/metrics`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Shared {
+    pub(crate) shutdown: Arc<AtomicBool>,
+    pub(crate) connections: Arc<AtomicUsize>,
+    pub(crate) siblings: Arc<std::sync::Mutex<Vec<Arc<ServerStats>>>>,
+}
+
+impl Shared {
+    /// A handle that stops every loop of the group whose wakers are given.
+    pub(crate) fn shutdown_handle(&self, wakers: Vec<Arc<Waker>>) -> ShutdownHandle {
+        ShutdownHandle { flag: self.shutdown.clone(), wakers }
     }
 }
 
@@ -222,6 +241,8 @@ pub struct Server<H: Handler> {
     read_buf: Vec<u8>,
     shutdown: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    /// What the loops of one process share (one loop: its own).
+    shared: Shared,
     inbox_tx: SyncSender<Job<H>>,
     inbox: Receiver<Job<H>>,
     /// The last turn ran a full batch of jobs: poll without waiting.
@@ -244,6 +265,11 @@ impl<H: Handler> Server<H> {
     /// Binds `addr` and prepares the loop. Fails with `InvalidInput` when the engine
     /// delivers frames ([`Delivery::Frames`]) and the handler does not handle them.
     pub fn bind(addr: SocketAddr, cfg: ServerConfig, handler: H) -> io::Result<Self> {
+        Self::with_listener(TcpListener::bind(addr)?, cfg, handler, Shared::default())
+    }
+
+    /// A loop on a listener already bound (one of a group's, with `SO_REUSEPORT`).
+    pub(crate) fn with_listener(mut listener: TcpListener, cfg: ServerConfig, handler: H, shared: Shared) -> io::Result<Self> {
         if cfg.engine.delivery == Delivery::Frames && !H::HANDLES_FRAMES {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -251,7 +277,6 @@ impl<H: Handler> Server<H> {
             ));
         }
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(addr)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let admin = match cfg.admin_listen {
             Some(a) => {
@@ -265,6 +290,7 @@ impl<H: Handler> Server<H> {
         let engine_config = Config { plain_http: true, ..cfg.engine.clone() };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let stats = Arc::new(ServerStats::default());
+        shared.siblings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(stats.clone());
         let (inbox_tx, inbox) = sync_channel(INBOX_CAPACITY);
         Ok(Self {
             local_addr: listener.local_addr()?,
@@ -283,8 +309,9 @@ impl<H: Handler> Server<H> {
             pool: Pool::default(),
             memory: Memory::default(),
             timers: BinaryHeap::new(),
-            shutdown: Arc::new(AtomicBool::new(false)),
+            shutdown: shared.shutdown.clone(),
             waker,
+            shared,
             inbox_tx,
             inbox,
             inbox_backlog: false,
@@ -306,7 +333,7 @@ impl<H: Handler> Server<H> {
 
     /// A handle that stops the server from another thread.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle { flag: self.shutdown.clone(), waker: self.waker.clone() }
+        ShutdownHandle { flag: self.shutdown.clone(), wakers: vec![self.waker.clone()] }
     }
 
     /// A handle that runs work on the loop from other threads.
@@ -322,6 +349,16 @@ impl<H: Handler> Server<H> {
     /// The handler.
     pub fn handler(&self) -> &H {
         &self.handler
+    }
+
+    /// The handler, to set it up before `run` (a relay's bus, say).
+    pub fn handler_mut(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
+    /// The waker of this loop (a group's shutdown handle wakes every loop).
+    pub(crate) fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
     }
 
     /// Number of connections currently held (any state), the admin address's aside.
@@ -391,9 +428,16 @@ impl<H: Handler> Server<H> {
             readable.clear();
             self.readable = readable;
             self.run_timers(now);
+            self.end_turn(now);
             self.flush_dirty(now);
             self.counts.publish(&self.stats);
         }
+    }
+
+    /// Lets the handler act once per turn, after every read ([`Handler::end_of_turn`]).
+    fn end_turn(&mut self, now: Instant) {
+        let mut ctx = Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts };
+        self.handler.end_of_turn(&mut ctx);
     }
 
     /// Runs the jobs other threads sent, at most a channel's worth per turn so that
@@ -423,7 +467,7 @@ impl<H: Handler> Server<H> {
                 }
                 Ok((stream, peer)) => {
                     self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    if self.policy.at_connection_limit(self.connections()) {
+                    if self.policy.at_connection_limit(self.shared.connections.load(Ordering::Relaxed)) {
                         refuse_overloaded(stream, peer, self.cfg.max_connections);
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -457,6 +501,8 @@ impl<H: Handler> Server<H> {
         }
         if admin {
             self.admin_live += 1;
+        } else {
+            self.shared.connections.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.connections.store(self.connections(), Ordering::Relaxed);
         debug!("[{peer}] accepted");
@@ -652,6 +698,8 @@ impl<H: Handler> Server<H> {
         if let Some(mut conn) = self.conns.remove(i) {
             if conn.admin {
                 self.admin_live -= 1;
+            } else {
+                self.shared.connections.fetch_sub(1, Ordering::Relaxed);
             }
             self.memory.forget(&conn, &self.stats);
             let _ = self.poll.registry().deregister(&mut conn.socket.stream);
@@ -797,10 +845,12 @@ impl<H: Handler> Server<H> {
 }
 
 impl<H: Handler> Server<H> {
-    /// The admin address's `/metrics` page: the server's counters, then the handler's.
+    /// The admin address's `/metrics` page: the counters of every loop of the process,
+    /// summed, then the handler's.
     fn metrics_page(&self) -> Metrics {
         let mut m = Metrics::new();
-        self.stats.write_metrics(&mut m);
+        let siblings = self.shared.siblings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        ServerStats::sum(siblings.iter().map(|s| &**s)).write_metrics(&mut m);
         self.handler.metrics(&mut m);
         m
     }

@@ -232,6 +232,16 @@ impl SharedFrame {
         &self.bytes
     }
 
+    /// The message's payload (as encoded: compressed if the frame is).
+    pub fn payload(&self) -> &[u8] {
+        let header = match self.bytes.get(1).map(|b| b & 0x7F) {
+            Some(127) => 10,
+            Some(126) => 4,
+            _ => 2,
+        };
+        self.bytes.get(header..).unwrap_or_default()
+    }
+
     /// The window bits of the compressor, if the frame is compressed.
     pub fn compressed_with(&self) -> Option<u8> {
         self.compressed_with
