@@ -31,7 +31,11 @@ struct Group {
 
 impl Group {
     fn start(cfg: ServerConfig) -> Group {
-        let mut group = ServerGroup::bind("127.0.0.1:0".parse().unwrap(), cfg, LOOPS, |_| Relay::new()).unwrap();
+        Self::start_with(cfg, |_| Relay::new())
+    }
+
+    fn start_with(cfg: ServerConfig, relay: impl FnMut(usize) -> Relay) -> Group {
+        let mut group = ServerGroup::bind("127.0.0.1:0".parse().unwrap(), cfg, LOOPS, relay).unwrap();
         Relay::link(&mut group);
         let inboxes = group.loops_mut().iter().map(|s| s.inbox()).collect();
         let (addr, stats, handle) = (group.local_addr(), group.stats(), group.shutdown_handle());
@@ -256,4 +260,49 @@ fn a_client_that_never_reads_does_not_hold_up_other_loops() {
     let peak = group.stats[0].peak_pinned_bytes.load(Ordering::Relaxed);
     assert!(peak < 4 << 20, "loop 0 pinned {peak} bytes for a client that never reads");
     drop(silent);
+}
+
+/// With permessage-deflate the relay compresses a message once on its sender's loop
+/// and the other loops pass on that encoding: clients that negotiated deflate and
+/// clients that did not, on every loop, all get the message as sent.
+#[test]
+fn compressed_messages_cross_the_loops() {
+    use rfc6455::net::ClientOptions;
+    use rfc6455::{ClientRequest, Config, DeflateConfig};
+    let d = DeflateConfig { server_no_context_takeover: true, ..DeflateConfig::default() };
+    let cfg = ServerConfig { engine: Config { deflate: Some(d.clone()), ..Config::default() }, ..ServerConfig::default() };
+    let group = Group::start_with(cfg, move |_| Relay::with_deflate(d.clone()));
+    let url = format!("ws://{}/z", group.addr);
+    let mut clients = Vec::new();
+    while (0..LOOPS).any(|l| clients.iter().filter(|(_, i, _)| *i == l).count() < 2) {
+        assert!(clients.len() < 200, "placement");
+        let deflate = clients.len() % 2 == 0;
+        let before = group.opened();
+        let mut opts = ClientOptions::new(ClientRequest::new(&url).unwrap());
+        opts.config = Config { deflate: deflate.then(DeflateConfig::default), ..Config::default() };
+        let c = Client::connect(opts).unwrap();
+        assert_eq!(c.engine().deflate_params().is_some(), deflate);
+        let deadline = Instant::now() + WAIT;
+        let l = loop {
+            let now = group.opened();
+            if let Some(i) = (0..LOOPS).find(|&i| now[i] > before[i]) {
+                break i;
+            }
+            assert!(Instant::now() < deadline);
+            thread::sleep(Duration::from_millis(1));
+        };
+        clients.push((c, l, deflate));
+    }
+    let deadline = Instant::now() + WAIT;
+    while (0..LOOPS).any(|l| group.ask(l, |r| r.rooms_elsewhere().len()) != 1) {
+        assert!(Instant::now() < deadline, "interest did not spread");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let long = "compress me once for every loop. ".repeat(100);
+    let (sender, rest) = clients.split_first_mut().unwrap();
+    sender.0.send_text(&long).unwrap();
+    sender.0.send_text("short").unwrap();
+    for (c, l, deflate) in rest {
+        assert_eq!(receive(c, 2), [long.clone(), "short".to_owned()], "a client on loop {l} (deflate: {deflate})");
+    }
 }
