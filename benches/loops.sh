@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # The relay and echo servers on one loop and on two (`--threads 1` / `--threads 2`),
 # alternated, medians of RUNS runs of SECS seconds: rate and rate per server CPU-second
 # (all the server's threads, from /proc/PID/task/*/schedstat). On a 2-core machine the
@@ -17,11 +17,15 @@ one() { # mode threads
   port=$((port + 1))
   $ours --log warn "$1" --threads "$2" --listen "127.0.0.1:$port" &
   pid=$!
-  sleep 0.3
+  # Until it listens (bounded).
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+    sleep 0.05
+  done
   case $1 in
     relay) $ours --log warn bench relay --url "ws://127.0.0.1:$port/room" -c 100 -n 16 -s 64 -d "$secs" --server-pid "$pid" -q ;;
     echo) $ours --log warn bench echo --url "ws://127.0.0.1:$port/" -c 64 -n 16 -s 16 -d "$secs" --server-pid "$pid" -q ;;
-  esac >"$out/run.txt" 2>&1 || true
+  esac >"$out/run.txt" 2>&1 || { cat "$out/run.txt" >&2; kill "$pid"; exit 1; }
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   rate=$(grep -E '^\| (Relay|Echo)' "$out/run.txt" | awk -F'|' '{gsub(/ /,"",$6); print $6}')

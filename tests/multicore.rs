@@ -170,6 +170,7 @@ fn rooms_span_the_loops_every_message_once_in_order() {
     }
     let relayed: u64 = (0..LOOPS).map(|l| group.ask(l, Relay::relayed)).sum();
     assert_eq!(relayed, 3 * PER_SENDER as u64);
+    assert_eq!(group.ask(0, Relay::dropped_between_loops), 0);
     eprintln!("{total} clients over {LOOPS} loops");
 }
 
@@ -238,14 +239,24 @@ fn a_client_that_never_reads_does_not_hold_up_other_loops() {
     }
     const N: usize = 400;
     let payload = vec![b'x'; 64 * 1024];
+    // The reader keeps up (the sender stays at most 8 messages, 512 KiB, ahead of it:
+    // under the 1 MiB mark even on a slow machine); the silent client falls behind.
+    let got = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = got.clone();
     let reading = thread::spawn(move || {
         for n in 0..N {
             let (_, data) = next_message(&mut reader);
             assert_eq!(&data[..8], format!("{n:08}").as_bytes());
+            progress.store(n + 1, Ordering::Release);
         }
         reader
     });
     for n in 0..N {
+        let deadline = Instant::now() + WAIT;
+        while n >= got.load(Ordering::Acquire) + 8 {
+            assert!(Instant::now() < deadline, "the reader stalled at {}", got.load(Ordering::Acquire));
+            assert!(sender.flush(Duration::from_millis(1)).is_ok());
+        }
         let mut msg = format!("{n:08}").into_bytes();
         msg.extend_from_slice(&payload[8..]);
         sender.send(MessageKind::Binary, &msg).unwrap();

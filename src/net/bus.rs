@@ -3,17 +3,23 @@
 //! loops, and sends a relayed message once to each interested loop, as the frames it
 //! already encoded (shared bytes, no copy per loop or per recipient).
 //!
-//! Everything a loop sends another in one turn goes as one batch through the other
-//! loop's [`Inbox`] (one channel send and one wake per loop pair per turn), in the
-//! order it was made: interest changes and messages from one loop reach every other
-//! loop in order, so per-sender order holds. No lock is taken per message: each loop
-//! reads only its own table. A loop whose inbox is full (it is far behind) loses the
-//! messages of that batch, counted; interest changes are kept and sent next turn, so
-//! the tables never go stale.
+//! What a loop has for another in one turn is appended, in the order it was made, to
+//! the lane between them (one lock per loop pair per turn, none per message), and a
+//! job that takes the lane's items goes into the other loop's [`Inbox`] unless one is
+//! already waiting there: at most one job per lane is pending, so the bus never fills
+//! an inbox, and a loop that falls behind takes everything waiting in one go.
+//! Interest changes and messages from one loop reach every other loop in order, so
+//! per-sender order holds. A lane holds at most 65,536 items: beyond, messages for it
+//! are dropped and counted; interest changes are always kept, so the tables never go
+//! stale. Each loop reads only its own table.
+//!
+//! The window: a member that joins on one loop misses what other loops relay before
+//! they have taken its loop's interest change (the next turn of each); a message
+//! already on its way may reach a member that joined just after it was sent.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::net::handler::Ctx;
 use crate::net::server::{Inbox, InboxError};
@@ -56,11 +62,28 @@ pub(crate) trait BusMember: Sized + 'static {
     fn receive(&mut self, ctx: &mut Ctx<'_>, items: Vec<BusItem>);
 }
 
+/// The way from one loop to another: the items waiting, and whether a job that will
+/// take them is already in the receiver's inbox. At most one such job is pending per
+/// lane, so the bus never fills an inbox, however far behind a loop falls.
+#[derive(Debug, Default)]
+struct Lane {
+    items: Mutex<Vec<BusItem>>,
+    scheduled: AtomicBool,
+}
+
+/// Items a lane holds at most; beyond, a turn's messages for it are dropped (counted)
+/// and its interest changes kept.
+const LANE_MAX: usize = 1 << 16;
+
 /// One loop's end of the bus.
 pub(crate) struct Bus<H> {
     me: usize,
     /// Every loop's inbox (this loop's included, unused).
     inboxes: Vec<Inbox<H>>,
+    /// To each loop (this loop's own unused).
+    lanes: Vec<Arc<Lane>>,
+    /// Loops that have stopped: nothing more is sent to them.
+    gone: u64,
     /// Room -> bit set of the other loops with members in it.
     remote: HashMap<Arc<str>, u64>,
     /// Per loop: what this turn has for it.
@@ -77,46 +100,56 @@ impl<H> std::fmt::Debug for Bus<H> {
 }
 
 impl<H: BusMember> Bus<H> {
-    /// One bus per loop, linking the loops whose inboxes are given (at most [`MAX_LOOPS`]).
-    pub(crate) fn link(inboxes: Vec<Inbox<H>>) -> Vec<Bus<H>> {
-        let n = inboxes.len().min(MAX_LOOPS);
+    /// One bus per loop, linking the loops whose inboxes are given; `None` beyond
+    /// [`MAX_LOOPS`].
+    pub(crate) fn link(inboxes: Vec<Inbox<H>>) -> Option<Vec<Bus<H>>> {
+        let n = inboxes.len();
+        if n > MAX_LOOPS {
+            return None;
+        }
         let shared = Arc::new(BusShared {
             members: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             relayed: (0..n).map(|_| AtomicU64::new(0)).collect(),
             crossed: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         });
-        (0..n)
-            .map(|me| Bus {
+        // lanes[from][to]
+        let lanes: Vec<Vec<Arc<Lane>>> = (0..n).map(|_| (0..n).map(|_| Arc::default()).collect()).collect();
+        let buses = lanes
+            .into_iter()
+            .enumerate()
+            .map(|(me, lanes)| Bus {
                 me,
-                inboxes: inboxes[..n].to_vec(),
+                inboxes: inboxes.clone(),
+                lanes,
+                gone: 0,
                 remote: HashMap::new(),
                 outgoing: (0..n).map(|_| Vec::new()).collect(),
                 shared: shared.clone(),
                 relayed: 0,
             })
-            .collect()
+            .collect();
+        Some(buses)
     }
 
     /// Tells every other loop that this one has members in `room` now, or no longer.
     pub(crate) fn announce(&mut self, room: &Arc<str>, member: bool) {
         for (i, out) in self.outgoing.iter_mut().enumerate() {
-            if i != self.me {
+            if i != self.me && self.gone & (1 << i) == 0 {
                 out.push(BusItem::Interest { room: room.clone(), from: self.me, member });
             }
         }
     }
 
-    /// Whether another loop has members in `room`.
-    pub(crate) fn wanted(&self, room: &str) -> bool {
-        self.remote.get(room).is_some_and(|&m| m != 0)
+    /// The loops other than this one with members in `room` (a bit set; 0: none).
+    pub(crate) fn interested(&self, room: &str) -> u64 {
+        self.remote.get(room).map_or(0, |&m| m & !self.gone)
     }
 
-    /// Queues a message of `room` for every loop with members there.
-    pub(crate) fn forward(&mut self, room: &Arc<str>, kind: MessageKind, frames: &Frames) {
-        let Some(&mask) = self.remote.get(&**room) else { return };
+    /// Queues a message of `room` for the loops in `loops` (from [`Bus::interested`]).
+    pub(crate) fn forward(&mut self, loops: u64, room: &Arc<str>, kind: MessageKind, frames: &Frames) {
         for (i, out) in self.outgoing.iter_mut().enumerate() {
-            if mask & (1 << i) != 0 {
+            if loops & (1 << i) != 0 {
                 out.push(BusItem::Message { room: room.clone(), kind, frames: frames.clone() });
             }
         }
@@ -150,26 +183,63 @@ impl<H: BusMember> Bus<H> {
         self.remote.keys().map(|r| &**r)
     }
 
-    /// Sends each loop its batch of this turn: one inbox job and one wake per loop.
-    pub(crate) fn flush(&mut self) {
+    /// Hands each loop what this turn has for it: appended to its lane, and a job that
+    /// takes the lane's items put in its inbox unless one is there already. Returns
+    /// true if a lane could not be scheduled (its inbox was full): call again soon.
+    pub(crate) fn flush(&mut self) -> bool {
         self.shared.relayed[self.me].store(self.relayed, Ordering::Relaxed);
+        let mut retry = false;
         for i in 0..self.outgoing.len() {
-            if self.outgoing[i].is_empty() {
-                continue;
-            }
-            let items = std::mem::take(&mut self.outgoing[i]);
-            let crossed = items.iter().filter(|it| matches!(it, BusItem::Message { .. })).count() as u64;
-            let interests: Vec<BusItem> = items.iter().filter(|it| matches!(it, BusItem::Interest { .. })).cloned().collect();
-            match self.inboxes[i].send(move |h: &mut H, ctx: &mut Ctx<'_>| h.receive(ctx, items)) {
-                Ok(()) => {
-                    self.shared.crossed.fetch_add(crossed, Ordering::Relaxed);
+            let lane = self.lanes[i].clone();
+            {
+                let mut items = lane.items.lock().unwrap_or_else(PoisonError::into_inner);
+                if self.outgoing[i].is_empty() && items.is_empty() {
+                    continue;
                 }
-                Err(InboxError::Full | InboxError::Closed) => {
-                    // Interest changes are kept for next turn; the messages are lost, counted.
-                    self.outgoing[i] = interests;
-                    self.shared.dropped.fetch_add(crossed, Ordering::Relaxed);
+                let mut crossed = 0;
+                for item in self.outgoing[i].drain(..) {
+                    match item {
+                        BusItem::Message { .. } if items.len() >= LANE_MAX => {
+                            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        BusItem::Message { .. } => {
+                            crossed += 1;
+                            items.push(item);
+                        }
+                        BusItem::Interest { .. } => items.push(item),
+                    }
+                }
+                self.shared.crossed.fetch_add(crossed, Ordering::Relaxed);
+            }
+            if lane.scheduled.swap(true, Ordering::AcqRel) {
+                continue; // its job is waiting in the inbox and will take these too
+            }
+            let taker = lane.clone();
+            let job = move |h: &mut H, ctx: &mut Ctx<'_>| {
+                // Cleared before taking: items added after the take schedule a new job.
+                taker.scheduled.store(false, Ordering::Release);
+                let items = std::mem::take(&mut *taker.items.lock().unwrap_or_else(PoisonError::into_inner));
+                h.receive(ctx, items);
+            };
+            match self.inboxes[i].send(job) {
+                Ok(()) => {}
+                Err(InboxError::Full) => {
+                    lane.scheduled.store(false, Ordering::Release);
+                    retry = true;
+                }
+                Err(InboxError::Closed) => {
+                    // That loop has stopped: forget it.
+                    self.gone |= 1 << i;
+                    let dropped = std::mem::take(&mut *lane.items.lock().unwrap_or_else(PoisonError::into_inner));
+                    let lost = dropped.iter().filter(|it| matches!(it, BusItem::Message { .. })).count() as u64;
+                    self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
+                    for mask in self.remote.values_mut() {
+                        *mask &= !(1 << i);
+                    }
+                    self.remote.retain(|_, m| *m != 0);
                 }
             }
         }
+        retry
     }
 }

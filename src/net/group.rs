@@ -12,16 +12,29 @@ use std::thread;
 use mio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::net::bus::MAX_LOOPS;
 use crate::net::handler::Handler;
 use crate::net::metrics::ServerStats;
 use crate::net::server::{Server, ServerConfig, Shared, ShutdownHandle};
+
+/// Shuts the group down when a loop's thread ends, however it ends (an error, a
+/// panic): the other loops do not carry on half a server.
+struct StopOnExit(ShutdownHandle);
+
+impl Drop for StopOnExit {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
 
 /// The backlog of each listener.
 const BACKLOG: i32 = 1024;
 
 /// `threads` server loops on one address, one per thread, each with its own handler.
-/// One thread is a plain [`Server`] (its listener without `SO_REUSEPORT`, so no other
-/// process can share the port by mistake).
+/// One thread is a plain [`Server`] (its listener without `SO_REUSEPORT`). Several
+/// loops need Linux; their port is checked free first, but once they listen, another
+/// process of the same user could bind it too with `SO_REUSEPORT` and take a share of
+/// the connections.
 pub struct ServerGroup<H: Handler> {
     loops: Vec<Server<H>>,
     shared: Shared,
@@ -53,19 +66,30 @@ impl<H: Handler + Send + 'static> ServerGroup<H> {
     /// counters summed.
     pub fn bind(addr: SocketAddr, cfg: ServerConfig, threads: usize, mut handler: impl FnMut(usize) -> H) -> io::Result<Self> {
         let threads = threads.max(1);
+        if threads > MAX_LOOPS {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("at most {MAX_LOOPS} loops")));
+        }
         let shared = Shared::default();
+        // A plain bind first: a port already taken (another relay) is an error, not a
+        // silent share, and port 0 becomes the port every loop binds.
+        let first = TcpListener::bind(addr)?;
         if threads == 1 {
-            let listener = TcpListener::bind(addr)?;
-            let server = Server::with_listener(listener, cfg, handler(0), shared.clone())?;
+            let server = Server::with_listener(first, cfg, handler(0), shared.clone())?;
             return Ok(Self { loops: vec![server], shared });
         }
+        if !cfg!(target_os = "linux") {
+            // Elsewhere SO_REUSEPORT does not spread connections (or lets another socket take the port).
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "several loops need Linux (SO_REUSEPORT)"));
+        }
+        let bound = first.local_addr()?;
+        drop(first);
         let mut loops: Vec<Server<H>> = Vec::with_capacity(threads);
-        let mut bound = addr;
         for i in 0..threads {
             let listener = shared_listener(bound)?;
-            bound = listener.local_addr()?; // port 0: every loop on the port the first got
             let mut loop_cfg = cfg.clone();
-            loop_cfg.max_total_memory = cfg.max_total_memory / threads;
+            // Split evenly, but never below what one connection may pin (twice), so a
+            // connection within its own budget can always be read.
+            loop_cfg.max_total_memory = (cfg.max_total_memory / threads).max(2 * cfg.connection_budget());
             if i > 0 {
                 loop_cfg.admin_listen = None;
             }
@@ -100,24 +124,36 @@ impl<H: Handler + Send + 'static> ServerGroup<H> {
     }
 
     /// Runs every loop, loop 0 on this thread and the others on their own, until shut
-    /// down; returns the first error.
+    /// down; returns the first error. A loop that fails or panics shuts the others
+    /// down gracefully.
     pub fn run(self) -> io::Result<()> {
         let stop = self.shutdown_handle();
         let mut loops = self.loops.into_iter();
         let Some(mut first) = loops.next() else { return Ok(()) };
-        let others: Vec<_> = loops
-            .enumerate()
-            .map(|(i, mut server)| thread::Builder::new().name(format!("loop-{}", i + 1)).spawn(move || server.run()))
-            .collect::<io::Result<_>>()?;
-        let mut result = first.run();
-        if result.is_err() {
-            // One loop failed: the others stop too.
-            stop.shutdown();
+        let mut others = Vec::new();
+        for (i, mut server) in loops.enumerate() {
+            let guard = StopOnExit(stop.clone());
+            let spawned = thread::Builder::new().name(format!("loop-{}", i + 1)).spawn(move || {
+                let _guard = guard;
+                server.run()
+            });
+            match spawned {
+                Ok(t) => others.push(t),
+                Err(e) => {
+                    stop.shutdown();
+                    for t in others {
+                        let _ = t.join();
+                    }
+                    return Err(e);
+                }
+            }
         }
-        for t in others {
-            let r = t.join().unwrap_or_else(|_| Err(io::Error::other("a server loop panicked")));
-            result = result.and(r);
-        }
-        result
+        let result = {
+            let _guard = StopOnExit(stop);
+            first.run()
+        };
+        others
+            .into_iter()
+            .fold(result, |result, t| result.and(t.join().unwrap_or_else(|_| Err(io::Error::other("a server loop panicked")))))
     }
 }

@@ -67,9 +67,14 @@ pub trait Handler {
     /// The connection is over: called once for every connection that got
     /// [`Handler::on_request`], opened or not.
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, _id: ConnId, _closed: &Closed) {}
-    /// Once per loop turn, after every read and before the writes: the place to send
-    /// what the turn gathered for other threads in one batch (a relay's bus).
-    fn end_of_turn(&mut self, _ctx: &mut Ctx<'_>) {}
+    /// Once per loop turn, after the reads, timers and writes: the place to hand what
+    /// the turn gathered to other threads in one batch (a relay's bus). Return true to
+    /// have the loop come back soon (within a millisecond) even if nothing happens, to
+    /// retry what could not be handed over. What it queues on connections is written
+    /// in the same turn.
+    fn end_of_turn(&mut self, _ctx: &mut Ctx<'_>) -> bool {
+        false
+    }
 }
 
 /// Access to the server's connections from inside a [`Handler`] (or a closure run

@@ -31,11 +31,11 @@ impl StatusCounts {
         })
     }
 
-    /// The count for `status`.
     fn absorb(&self, other: &Self) {
         add_all(&self.0, &other.0);
     }
 
+    /// The count for `status`.
     pub(crate) fn get(&self, status: u16) -> u64 {
         STATUSES.iter().position(|&s| s == status).map_or(0, |i| self.0[i].load(Ordering::Relaxed))
     }
@@ -185,7 +185,7 @@ impl ServerStats {
     }
 
     /// Adds `other`'s counts (and gauges) to these: the counters of a process whose
-    /// loops each keep their own.
+    /// loops each keep their own. Peaks add up too (an upper bound of the process's peak).
     pub(crate) fn absorb(&self, other: &ServerStats) {
         for (a, b) in [
             (&self.connections, &other.connections),

@@ -116,7 +116,8 @@ impl Relay {
     pub fn link(group: &mut ServerGroup<Relay>) {
         let loops = group.loops_mut();
         let inboxes = loops.iter().map(Server::inbox).collect();
-        for (server, bus) in loops.iter_mut().zip(Bus::link(inboxes)) {
+        // A group has at most MAX_LOOPS loops (ServerGroup::bind refuses more).
+        for (server, bus) in loops.iter_mut().zip(Bus::link(inboxes).unwrap_or_default()) {
             server.handler_mut().bus = Some(bus);
         }
     }
@@ -135,6 +136,11 @@ impl Relay {
     /// Connections the relay keeps state for (from their request until they end).
     pub fn tracked(&self) -> usize {
         self.room_of.len()
+    }
+
+    /// Messages lost between the loops of the process (a full lane, a stopped loop).
+    pub fn dropped_between_loops(&self) -> u64 {
+        self.bus.as_ref().map_or(0, |b| b.shared.dropped.load(Ordering::Relaxed))
     }
 
     /// Rooms that other loops have members in, as this loop knows them.
@@ -276,10 +282,11 @@ impl Handler for Relay {
         self.fan_out(ctx, &room, Some(id), kind, data, &mut frames);
         if let Some(bus) = self.bus.as_mut() {
             bus.count_relayed();
-            if bus.wanted(&room) {
+            let loops = bus.interested(&room);
+            if loops != 0 {
                 self.complete(kind, data, &mut frames);
                 if let Some(bus) = self.bus.as_mut() {
-                    bus.forward(&room, kind, &frames);
+                    bus.forward(loops, &room, kind, &frames);
                 }
             }
         }
@@ -302,10 +309,8 @@ impl Handler for Relay {
         self.membership_changed(&room, last.then_some(false));
     }
 
-    fn end_of_turn(&mut self, _ctx: &mut Ctx<'_>) {
-        if let Some(bus) = self.bus.as_mut() {
-            bus.flush();
-        }
+    fn end_of_turn(&mut self, _ctx: &mut Ctx<'_>) -> bool {
+        self.bus.as_mut().is_some_and(Bus::flush)
     }
 }
 

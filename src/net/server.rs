@@ -39,6 +39,8 @@ const ADMIN: Token = Token(usize::MAX - 3);
 const READ_BUDGET: usize = 16;
 /// Jobs the inbox holds before senders are refused; also the most run per loop turn.
 const INBOX_CAPACITY: usize = 4096;
+/// How soon the loop comes back when the handler has work it could not finish.
+const RETRY_SOON: Duration = Duration::from_millis(1);
 /// Connections the admin address holds at once (beyond it, new ones are closed at
 /// once); they count in no public limit or gauge.
 const ADMIN_MAX_CONNECTIONS: usize = 32;
@@ -247,6 +249,8 @@ pub struct Server<H: Handler> {
     inbox: Receiver<Job<H>>,
     /// The last turn ran a full batch of jobs: poll without waiting.
     inbox_backlog: bool,
+    /// The handler asked to come back soon ([`Handler::end_of_turn`]).
+    handler_retry: bool,
     stats: Arc<ServerStats>,
     /// The engine configuration, shared by every connection.
     engine_config: Arc<Config>,
@@ -315,6 +319,7 @@ impl<H: Handler> Server<H> {
             inbox_tx,
             inbox,
             inbox_backlog: false,
+            handler_retry: false,
             stats,
             readable: Vec::new(),
             scratch: Vec::new(),
@@ -331,7 +336,8 @@ impl<H: Handler> Server<H> {
         self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// A handle that stops the server from another thread.
+    /// A handle that stops the server from another thread (for the loops of a
+    /// [`crate::net::ServerGroup`], use the group's: this one wakes only this loop).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle { flag: self.shutdown.clone(), wakers: vec![self.waker.clone()] }
     }
@@ -392,11 +398,14 @@ impl<H: Handler> Server<H> {
             }
             if !self.conns.reads.is_empty() || self.inbox_backlog {
                 timeout = Some(Duration::ZERO);
+            } else if self.handler_retry {
+                timeout = Some(timeout.map_or(RETRY_SOON, |t| t.min(RETRY_SOON)));
             }
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
+                    self.drop_all(Instant::now());
                     self.counts.publish(&self.stats);
                     return Err(e);
                 }
@@ -428,16 +437,20 @@ impl<H: Handler> Server<H> {
             readable.clear();
             self.readable = readable;
             self.run_timers(now);
-            self.end_turn(now);
             self.flush_dirty(now);
+            self.end_turn(now);
             self.counts.publish(&self.stats);
         }
     }
 
-    /// Lets the handler act once per turn, after every read ([`Handler::end_of_turn`]).
+    /// Lets the handler act once per turn, after the writes ([`Handler::end_of_turn`]),
+    /// and writes what it queued.
     fn end_turn(&mut self, now: Instant) {
         let mut ctx = Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts };
-        self.handler.end_of_turn(&mut ctx);
+        self.handler_retry = self.handler.end_of_turn(&mut ctx);
+        if !self.conns.dirty.is_empty() {
+            self.flush_dirty(now);
+        }
     }
 
     /// Runs the jobs other threads sent, at most a channel's worth per turn so that
@@ -463,18 +476,23 @@ impl<H: Handler> Server<H> {
                         warn!("[{peer}] admin address: at its limit of {ADMIN_MAX_CONNECTIONS} connections");
                         continue;
                     }
-                    self.register(Socket::new(stream), peer, now, true);
+                    let _ = self.register(Socket::new(stream), peer, now, true);
                 }
                 Ok((stream, peer)) => {
                     self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    if self.policy.at_connection_limit(self.shared.connections.load(Ordering::Relaxed)) {
+                    // The slot is taken before the check, so loops accepting at once
+                    // cannot pass the process's limit together.
+                    if self.policy.at_connection_limit(self.shared.connections.fetch_add(1, Ordering::Relaxed)) {
+                        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
                         refuse_overloaded(stream, peer, self.cfg.max_connections);
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let Some(socket) = self.transport_for(stream, peer) else { continue };
-                    self.register(socket, peer, now, false);
+                    let registered = self.transport_for(stream, peer).is_some_and(|socket| self.register(socket, peer, now, false));
+                    if !registered {
+                        self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -489,26 +507,26 @@ impl<H: Handler> Server<H> {
 
     /// Takes a new connection into the table and the poll (or drops it if it cannot
     /// be registered).
-    fn register(&mut self, socket: Socket, peer: SocketAddr, now: Instant, admin: bool) {
+    /// (A public connection's place in the process's count is taken by the caller.)
+    fn register(&mut self, socket: Socket, peer: SocketAddr, now: Instant, admin: bool) -> bool {
         let engine = Connection::server(self.engine_config.clone(), now);
         let id = self.conns.insert(Conn::new(socket, engine, peer, now, admin));
         let slot = id.slot as usize;
-        let Some(conn) = self.conns.at(slot) else { return };
+        let Some(conn) = self.conns.at(slot) else { return false };
         if let Err(e) = self.poll.registry().register(&mut conn.socket.stream, Token(slot), Interest::READABLE) {
             warn!("[{peer}] register failed: {e}");
             self.conns.remove(slot);
-            return;
+            return false;
         }
         if admin {
             self.admin_live += 1;
-        } else {
-            self.shared.connections.fetch_add(1, Ordering::Relaxed);
         }
         self.stats.connections.store(self.connections(), Ordering::Relaxed);
         debug!("[{peer}] accepted");
         // Edge-triggered: data may already be waiting.
         self.conns.reads.push(slot);
         self.conns.dirty.push(slot);
+        true
     }
 
     /// The socket for a new connection: plain, or under TLS when configured.
@@ -849,8 +867,11 @@ impl<H: Handler> Server<H> {
     /// summed, then the handler's.
     fn metrics_page(&self) -> Metrics {
         let mut m = Metrics::new();
-        let siblings = self.shared.siblings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        ServerStats::sum(siblings.iter().map(|s| &**s)).write_metrics(&mut m);
+        let total = {
+            let siblings = self.shared.siblings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            ServerStats::sum(siblings.iter().map(|s| &**s))
+        };
+        total.write_metrics(&mut m);
         self.handler.metrics(&mut m);
         m
     }
