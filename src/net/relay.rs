@@ -78,11 +78,90 @@ pub struct Relay {
     page: bool,
     /// The other loops of the process, when linked.
     bus: Option<Bus<Relay>>,
+    encoder: Encoder,
+}
+
+/// Makes a relayed message's frames, each at most once, from pooled buffers.
+#[derive(Debug, Default)]
+struct Encoder {
     plain: FramePool,
     #[cfg(feature = "deflate")]
     compressed: FramePool,
     #[cfg(feature = "deflate")]
     deflate: Option<(crate::proto::deflate::Deflater, crate::DeflateConfig, Vec<u8>)>,
+}
+
+impl Encoder {
+    /// Makes the plain frame if it is not made yet.
+    fn plain(&mut self, kind: MessageKind, data: &[u8], frames: &mut Frames) {
+        if frames.plain.is_none() {
+            frames.plain = Some(self.plain.frame(kind, data, None));
+        }
+    }
+
+    /// Makes the shared compressed frame if this relay compresses a message this large
+    /// and it is not made yet; false if there is none.
+    #[cfg(feature = "deflate")]
+    fn compressed(&mut self, kind: MessageKind, data: &[u8], frames: &mut Frames) -> bool {
+        let Some((deflater, cfg, buf)) = self.deflate.as_mut() else { return false };
+        if data.len() < cfg.min_size {
+            return false;
+        }
+        if frames.compressed.is_none() {
+            buf.clear();
+            deflater.compress(data, buf);
+            frames.compressed = Some(self.compressed.frame(kind, buf, Some(SHARED_WINDOW_BITS)));
+        }
+        true
+    }
+
+    /// The encodings other loops need: the plain frame always (their recipients may
+    /// compress for themselves from it), the shared compressed one when this relay
+    /// compresses a message this large.
+    fn complete(&mut self, kind: MessageKind, data: &[u8], frames: &mut Frames) {
+        self.plain(kind, data, frames);
+        #[cfg(feature = "deflate")]
+        self.compressed(kind, data, frames);
+    }
+
+    /// Queues the message for `members` (but `except`).
+    fn fan_out(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        members: &[ConnId],
+        except: Option<ConnId>,
+        kind: MessageKind,
+        data: &[u8],
+        frames: &mut Frames,
+    ) {
+        for &peer in members {
+            if Some(peer) == except {
+                continue;
+            }
+            #[cfg(feature = "deflate")]
+            if self.deflate.is_some() {
+                let shared_ok = ctx
+                    .engine(peer)
+                    .and_then(|e| e.deflate_params())
+                    .is_some_and(|p| p.server_no_context_takeover && p.server_max_window_bits >= SHARED_WINDOW_BITS);
+                if shared_ok && self.compressed(kind, data, frames) {
+                    if let Some(frame) = &frames.compressed {
+                        ctx.send_shared(peer, frame);
+                    }
+                    continue;
+                }
+                if ctx.engine(peer).is_some_and(|e| e.is_compressed()) {
+                    // Other parameters (or too small to share): the connection compresses for itself.
+                    ctx.send(peer, kind, data);
+                    continue;
+                }
+            }
+            self.plain(kind, data, frames);
+            if let Some(frame) = &frames.plain {
+                ctx.send_shared(peer, frame);
+            }
+        }
+    }
 }
 
 impl Relay {
@@ -96,7 +175,8 @@ impl Relay {
     #[cfg(feature = "deflate")]
     pub fn with_deflate(cfg: crate::DeflateConfig) -> Self {
         let deflater = crate::proto::deflate::Deflater::new(cfg.level, SHARED_WINDOW_BITS, true);
-        Self { deflate: Some((deflater, cfg, Vec::new())), ..Self::default() }
+        let encoder = Encoder { deflate: Some((deflater, cfg, Vec::new())), ..Encoder::default() };
+        Self { encoder, ..Self::default() }
     }
 
     /// Serves the chat page (embedded in the binary) to a browser that opens a room's
@@ -148,57 +228,6 @@ impl Relay {
         self.bus.as_ref().map_or_else(Vec::new, |b| b.remote_rooms().map(str::to_owned).collect())
     }
 
-    /// Queues the message for this loop's members of `room` (but `except`), making each
-    /// encoding at most once, on first need.
-    fn fan_out(&mut self, ctx: &mut Ctx<'_>, room: &str, except: Option<ConnId>, kind: MessageKind, data: &[u8], frames: &mut Frames) {
-        let Some(members) = self.rooms.get(room) else { return };
-        for &peer in members {
-            if Some(peer) == except {
-                continue;
-            }
-            #[cfg(feature = "deflate")]
-            if let Some((deflater, cfg, buf)) = self.deflate.as_mut() {
-                let shared_ok = ctx
-                    .engine(peer)
-                    .and_then(|e| e.deflate_params())
-                    .is_some_and(|p| p.server_no_context_takeover && p.server_max_window_bits >= SHARED_WINDOW_BITS);
-                if shared_ok && data.len() >= cfg.min_size {
-                    let frame = frames.compressed.get_or_insert_with(|| {
-                        buf.clear();
-                        deflater.compress(data, buf);
-                        self.compressed.frame(kind, buf, Some(SHARED_WINDOW_BITS))
-                    });
-                    ctx.send_shared(peer, frame);
-                    continue;
-                }
-                if ctx.engine(peer).is_some_and(|e| e.is_compressed()) {
-                    // Other parameters: the connection compresses for itself.
-                    ctx.send(peer, kind, data);
-                    continue;
-                }
-            }
-            let frame = frames.plain.get_or_insert_with(|| self.plain.frame(kind, data, None));
-            ctx.send_shared(peer, frame);
-        }
-    }
-
-    /// The encodings other loops need for a message: the plain frame always (their
-    /// recipients may compress for themselves from it), the shared compressed one when
-    /// this relay compresses a message this large.
-    fn complete(&mut self, kind: MessageKind, data: &[u8], frames: &mut Frames) {
-        if frames.plain.is_none() {
-            frames.plain = Some(self.plain.frame(kind, data, None));
-        }
-        #[cfg(feature = "deflate")]
-        if let Some((deflater, cfg, buf)) = self.deflate.as_mut() {
-            if frames.compressed.is_none() && data.len() >= cfg.min_size {
-                buf.clear();
-                deflater.compress(data, buf);
-                frames.compressed = Some(self.compressed.frame(kind, buf, Some(SHARED_WINDOW_BITS)));
-            }
-        }
-    }
-
     /// A member joined (`+1`) or left (`-1`) `room` on this loop: other loops learn
     /// when the room gains its first member here or loses its last.
     fn membership_changed(&mut self, room: &Arc<str>, now_empty_or_first: Option<bool>) {
@@ -223,8 +252,8 @@ impl BusMember for Relay {
                     }
                 }
                 BusItem::Message { room, kind, mut frames } => {
-                    let Some(plain) = frames.plain.clone() else { continue };
-                    self.fan_out(ctx, &room, None, kind, plain.payload(), &mut frames);
+                    let (Some(members), Some(plain)) = (self.rooms.get(&room), frames.plain.clone()) else { continue };
+                    self.encoder.fan_out(ctx, members, None, kind, plain.payload(), &mut frames);
                 }
             }
         }
@@ -272,22 +301,20 @@ impl Handler for Relay {
         self.membership_changed(&room, first.then_some(true));
     }
 
+    /// Two lookups (the sender's room, its members) and, when linked, one more (the
+    /// loops interested); no reference count is touched unless the message crosses.
     fn on_message(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: &[u8]) {
-        let Some(room) = self.room_of.get(&id).cloned() else { return };
-        if !self.rooms.contains_key(&room) {
-            return;
-        }
+        let Some(room) = self.room_of.get(&id) else { return };
+        let Some(members) = self.rooms.get(room) else { return };
         self.relayed += 1;
         let mut frames = Frames::default();
-        self.fan_out(ctx, &room, Some(id), kind, data, &mut frames);
+        self.encoder.fan_out(ctx, members, Some(id), kind, data, &mut frames);
         if let Some(bus) = self.bus.as_mut() {
             bus.count_relayed();
-            let loops = bus.interested(&room);
+            let loops = bus.interested(room);
             if loops != 0 {
-                self.complete(kind, data, &mut frames);
-                if let Some(bus) = self.bus.as_mut() {
-                    bus.forward(loops, &room, kind, &frames);
-                }
+                self.encoder.complete(kind, data, &mut frames);
+                bus.forward(loops, room, kind, &frames);
             }
         }
     }

@@ -484,8 +484,9 @@ impl<H: Handler> Server<H> {
                     // cannot pass the process's limit together.
                     if self.policy.at_connection_limit(self.shared.connections.fetch_add(1, Ordering::Relaxed)) {
                         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
-                        refuse_overloaded(stream, peer, self.cfg.max_connections);
+                        // Counted before the answer, which the client may see at once.
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        refuse_overloaded(stream, peer, self.cfg.max_connections);
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
