@@ -191,8 +191,9 @@ impl Relay {
     /// Links the relays of a group's loops (at most 64) so that rooms span them: call
     /// it after [`ServerGroup::bind`] and before [`ServerGroup::run`]. The semantics
     /// stay those of one loop: no echo to the sender, per-sender order for every
-    /// recipient. A loop whose inbox is full (4,096 turns behind) loses the messages
-    /// sent to it in that turn; they are counted (`rfc6455_bus_dropped_total`).
+    /// recipient; a member that has just joined misses what other loops relay before
+    /// they learn of it (their next turn). A loop 65,536 items behind loses messages
+    /// sent to it, counted (`rfc6455_bus_dropped_total`); interest changes are kept.
     pub fn link(group: &mut ServerGroup<Relay>) {
         let loops = group.loops_mut();
         let inboxes = loops.iter().map(Server::inbox).collect();
