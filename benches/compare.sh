@@ -11,12 +11,19 @@
 # echoed message with `strace -c` (slower; counts, not speed).
 #
 # Servers: rfc6455 (echo, relay: the mio loop); rfc6455's tokio driver
-# (examples/tokio_echo), tokio-tungstenite (echo, relay) and fastwebsockets (echo),
-# each on a single-threaded tokio runtime; and a raw TCP reflector that answers the
-# handshake and writes back what it reads (the syscall floor, no frame work).
+# (examples/tokio_echo), tokio-tungstenite (echo, and a relay written as its users
+# write one: a writer task per client that feeds every queued message, then flushes
+# once) and fastwebsockets (echo), each on a single-threaded tokio runtime; and two
+# raw TCP floors that answer the handshake and then do no frame work: tcp-floor
+# writes back what it reads (echo), tcp-fanout writes what it reads from one
+# connection to every other one (relay, one sender). Both pass the clients' masked
+# frames on, so the load generator runs with --accept-masked against them; the
+# "per CPU-s vs floor" column compares with tcp-floor (echo) or tcp-fanout (relay).
 # echo-16B-tls runs the small echo over wss:// (a test CA and a localhost certificate
 # made with openssl) against rfc6455 and tokio-tungstenite with tokio-rustls.
-# SCENARIOS=echo-16B,echo-64KiB runs only those (default: all).
+# SCENARIOS=echo-16B,echo-64KiB runs only those (default: all); the relay scenarios
+# are relay-100-n16 and relay-100-n128 (100 clients, one sender keeping 16 or 128
+# messages of 64 B in flight).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -69,6 +76,7 @@ start_server() {
   tungstenite-relay) $pin_server $peers/tungstenite_server 127.0.0.1:$port relay 2>/dev/null & ;;
   fastwebsockets-echo) $pin_server $peers/fastws_echo 127.0.0.1:$port 2>/dev/null & ;;
   tcp-floor) $pin_server $peers/tcp_reflector 127.0.0.1:$port 2>/dev/null & ;;
+  tcp-fanout) $pin_server $peers/tcp_fanout 127.0.0.1:$port 2>/dev/null & ;;
   rfc6455-echo-tls) $pin_server $ours --log warn echo --threads 1 --listen 127.0.0.1:$port --tls-cert "$tlsdir/leaf.pem" --tls-key "$tlsdir/leaf.key" & ;;
   tungstenite-echo-tls) $pin_server $peers/tungstenite_server 127.0.0.1:$port echo "$tlsdir/leaf.pem" "$tlsdir/leaf.key" 2>/dev/null & ;;
   esac
@@ -94,10 +102,12 @@ scenario() {
       port=$(port_of)
       start_server "$srv" "$port"
       local log=$out/$scen-$srv-$run.txt
-      local url="ws://127.0.0.1:$port/bench" tls_args=""
+      local url="ws://127.0.0.1:$port/bench" tls_args="" floor_args=""
       case $srv in *-tls) url="wss://localhost:$port/bench" tls_args="--ca $tlsdir/ca.pem" ;; esac
+      # The TCP floors pass the clients' masked frames on.
+      case $srv in tcp-*) floor_args="--accept-masked" ;; esac
       # shellcheck disable=SC2086
-      $pin_load $ours bench "$@" --url "$url" $tls_args --server-pid "$server_pid" -d "$secs" -q >"$log" 2>&1 || true
+      $pin_load $ours bench "$@" --url "$url" $tls_args $floor_args --server-pid "$server_pid" -d "$secs" -q >"$log" 2>&1 || true
       stop_server
       # | Mode | conns | size | count | rate | MB/s | p50 | p99 | p99.9 | errors |
       local row rate p50 p99 cpu per
@@ -118,7 +128,8 @@ scenario() {
 scenario echo-16B "rfc6455-echo rfc6455-tokio-echo fastwebsockets-echo tungstenite-echo tcp-floor" echo -c 64 -n 16 -s 16
 scenario echo-64KiB "rfc6455-echo rfc6455-tokio-echo fastwebsockets-echo tungstenite-echo tcp-floor" echo -c 16 -n 4 -s 65536 --binary
 scenario echo-16B-tls "rfc6455-echo-tls tungstenite-echo-tls" echo -c 64 -n 16 -s 16
-scenario relay-100 "rfc6455-relay tungstenite-relay" relay -c 100 -n 16 -s 64
+scenario relay-100-n16 "rfc6455-relay tungstenite-relay tcp-fanout" relay -c 100 -n 16 -s 64
+scenario relay-100-n128 "rfc6455-relay tungstenite-relay tcp-fanout" relay -c 100 -n 128 -s 64
 scenario idle-10k "rfc6455-relay tungstenite-relay" idle -c 10000
 
 python3 - "$results" "$out/compare.md" "$runs" "$secs" <<'EOF'
@@ -138,9 +149,10 @@ def medf(xs):
     return statistics.median(v) if v else None
 cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 out = []
-out.append("Measured %s on %s (%d cores), %s runs of %s s each, medians; server on CPU 0, load generator on CPU 1.\n" % (
+out.append("Measured %s on %s (%d cores), %s runs of %s s each, medians; server on CPU 0, load generator on CPU 1; "
+    "floor: tcp-floor (echo), tcp-fanout (relay).\n" % (
     datetime.date.today().isoformat(), cpu_model, len([l for l in open("/proc/cpuinfo") if l.startswith("processor")]), runs, secs))
-out.append("| scenario | server | rate/s | p50 ms | p99 ms | server CPU % | per server CPU-s | rate vs rfc6455 | per CPU-s vs rfc6455 | per CPU-s vs TCP floor | RSS/conn B |")
+out.append("| scenario | server | rate/s | p50 ms | p99 ms | server CPU % | per server CPU-s | rate vs rfc6455 | per CPU-s vs rfc6455 | per CPU-s vs floor | RSS/conn B |")
 out.append("|---|---|---|---|---|---|---|---|---|---|---|")
 base = {}
 floor = {}
@@ -148,7 +160,7 @@ for scen, srv in order:
     r = rows[(scen, srv)]
     if srv.startswith("rfc6455") and scen not in base:
         base[scen] = (med([x[0] for x in r]), med([x[4] for x in r]))
-    if srv == "tcp-floor":
+    if srv in ("tcp-floor", "tcp-fanout"):
         floor[scen] = med([x[4] for x in r])
 for scen, srv in order:
     r = rows[(scen, srv)]

@@ -3,8 +3,10 @@
 //! It is built to be cheap per message so that it measures the server, not itself:
 //! frames are encoded once and the same bytes are written again and again (masked
 //! with a fixed key: fine for a benchmark, never for a browser-facing client), server
-//! frames are only delimited, never copied out or unmasked, and everything produced
-//! by one read goes out in one write. The opening handshake and the framing are the
+//! frames are only delimited, never copied out or unmasked (relay reads a 16-byte
+//! stamp; masked server frames are refused unless `--accept-masked`, for the TCP
+//! floors that pass client frames on), and everything produced by one read goes out
+//! in one write. The opening handshake and the framing are the
 //! library's own ([`ClientHandshake`], [`encode_frame`], [`decode_header`]): each
 //! connection sends a random key and checks the server's `Sec-WebSocket-Accept`.
 //!
@@ -100,6 +102,11 @@ pub struct Params {
     /// wss://: accept any server certificate (a benchmark against a test certificate).
     #[arg(long)]
     pub insecure: bool,
+    /// Accept masked server frames (RFC 6455 §5.1 has a client close on them): for
+    /// the TCP floors in benches/peers, which send the clients' own frames back
+    /// (echo) or on to the others (relay). Relay stamps are unmasked to be read.
+    #[arg(long)]
+    pub accept_masked: bool,
 }
 
 /// A count that must be at least 1.
@@ -359,6 +366,8 @@ struct Taken {
     bytes: u64,
     /// The server sent a close frame, or a frame we cannot read.
     closed: bool,
+    /// The server sent a masked frame without `--accept-masked` (it is closed too).
+    masked: bool,
 }
 
 impl Inbox {
@@ -381,9 +390,10 @@ impl Inbox {
     }
 
     /// Delimits the complete frames buffered, calling `on_message` with the payload
-    /// of each final data frame (unmasked: server frames are not masked), and drops
-    /// them from the buffer.
-    fn take_frames(&mut self, mut on_message: impl FnMut(&[u8])) -> Taken {
+    /// of each final data frame as it came (server frames are not masked; with
+    /// `accept_masked` masked ones are taken too, and their key is passed along),
+    /// and drops them from the buffer.
+    fn take_frames(&mut self, accept_masked: bool, mut on_message: impl FnMut(&[u8], Option<[u8; 4]>)) -> Taken {
         let mut taken = Taken::default();
         loop {
             let avail = &self.buf[self.pos..];
@@ -395,6 +405,11 @@ impl Inbox {
                     break;
                 }
             };
+            if header.mask.is_some() && !accept_masked {
+                taken.closed = true;
+                taken.masked = true;
+                break;
+            }
             let len = header.payload_len as usize;
             if ((avail.len() - n) as u64) < header.payload_len {
                 break;
@@ -403,7 +418,7 @@ impl Inbox {
                 OpCode::Text | OpCode::Binary | OpCode::Continuation if header.fin => {
                     taken.messages += 1;
                     taken.bytes += len as u64;
-                    on_message(&avail[n..n + len]);
+                    on_message(&avail[n..n + len], header.mask);
                 }
                 OpCode::Close => {
                     taken.closed = true;
@@ -631,6 +646,8 @@ struct Bench<'p> {
     first_failure: Option<String>,
     /// Whether the traffic has started (echo answers and relay refills wait for it).
     traffic: bool,
+    /// Whether a masked server frame was refused (said once).
+    masked_seen: bool,
     meter: Meter,
     relay: RelayState,
 }
@@ -687,6 +704,7 @@ impl<'p> Bench<'p> {
             failed: 0,
             first_failure: None,
             traffic: false,
+            masked_seen: false,
             meter: Meter::new(p, start, rss_before),
             relay: RelayState {
                 epoch: start,
@@ -893,7 +911,7 @@ impl<'p> Bench<'p> {
     fn drive_echo(&mut self, i: usize, now: Instant) {
         let c = &mut self.conns[i];
         let (measuring, latencies) = (self.meter.measuring, &mut self.report.latencies_us);
-        let taken = c.inbox.take_frames(|_| {
+        let taken = c.inbox.take_frames(self.p.accept_masked, |_, _| {
             if let Some(t) = c.sent.pop_front() {
                 if measuring {
                     latencies.push(micros(now - t));
@@ -914,8 +932,14 @@ impl<'p> Bench<'p> {
     fn drive_relay(&mut self, i: usize, now: Instant) {
         let c = &mut self.conns[i];
         let (measuring, latencies, relay) = (self.meter.measuring, &mut self.report.latencies_us, &mut self.relay);
-        let taken = c.inbox.take_frames(|payload| {
+        let taken = c.inbox.take_frames(self.p.accept_masked, |payload, mask| {
             let Some(stamp) = payload.get(..16) else { return };
+            let mut stamp: [u8; 16] = stamp.try_into().expect("16 bytes");
+            if let Some(key) = mask {
+                for (k, b) in stamp.iter_mut().enumerate() {
+                    *b ^= key[k & 3];
+                }
+            }
             let nanos = u64::from_le_bytes(stamp[..8].try_into().expect("8 bytes"));
             let seq = u64::from_le_bytes(stamp[8..].try_into().expect("8 bytes"));
             if measuring {
@@ -930,12 +954,18 @@ impl<'p> Bench<'p> {
 
     /// Idle: whatever the server sends is only delimited.
     fn drive_idle(&mut self, i: usize) {
-        let taken = self.conns[i].inbox.take_frames(|_| {});
+        let taken = self.conns[i].inbox.take_frames(self.p.accept_masked, |_, _| {});
         self.settle(i, &taken);
     }
 
     /// Counts what a connection received, then writes its output or ends it.
     fn settle(&mut self, i: usize, taken: &Taken) {
+        if taken.masked && !std::mem::replace(&mut self.masked_seen, true) {
+            eprintln!(
+                "the server sent a masked frame (RFC 6455 §5.1: a client closes the connection); \
+                 --accept-masked takes them (a TCP floor that passes client frames on)"
+            );
+        }
         if self.meter.measuring {
             self.report.messages += taken.messages;
             self.report.bytes += taken.bytes;

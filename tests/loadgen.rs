@@ -133,6 +133,83 @@ fn relay_delivers_stamped_messages() {
     assert!(!stdout.lines().nth(2).unwrap().contains("| - |"), "{stdout}");
 }
 
+/// A raw fan-out as benches/peers' tcp_fanout is: answers the handshake, then writes
+/// every byte read from one connection to every other one, so the receivers get the
+/// sender's masked client frames. `clients` connections; a thread each.
+fn masked_fanout(clients: usize) -> SocketAddr {
+    use std::sync::{Arc, Mutex};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        for stream in listener.incoming().take(clients) {
+            let Ok(mut s) = stream else { continue };
+            let open = open.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let key = text
+                    .lines()
+                    .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("sec-websocket-key")))
+                    .map(|(_, v)| v.trim().to_owned())
+                    .unwrap();
+                let accept = rfc6455::proto::handshake::accept_key(key.as_bytes());
+                let resp = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                );
+                let me = s.local_addr().ok().zip(s.peer_addr().ok());
+                {
+                    let mut all = open.lock().unwrap();
+                    s.write_all(resp.as_bytes()).unwrap();
+                    all.push(s.try_clone().unwrap());
+                }
+                loop {
+                    let n = match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    for o in open.lock().unwrap().iter_mut() {
+                        if o.local_addr().ok().zip(o.peer_addr().ok()) != me {
+                            let _ = o.write_all(&buf[..n]);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn relay_reads_masked_frames_only_when_told() {
+    // Against a raw fan-out the stamps arrive masked: with --accept-masked they are
+    // read (deliveries, latencies, no errors); without it the frames are refused.
+    let url = format!("ws://{}/", masked_fanout(4));
+    let out = bench(&["relay", "--url", &url, "-c", "4", "-n", "4", "-s", "64", "--accept-masked"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (open, deliveries, errors) = summary(&out);
+    assert_eq!((open, errors), (4, 0));
+    // The sender's window refills only if the stamps' sequence numbers were read.
+    assert!(deliveries > 3 * 4, "{deliveries}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.lines().nth(2).unwrap().contains("| - |"), "{stdout}");
+
+    let url = format!("ws://{}/", masked_fanout(4));
+    let out = bench(&["relay", "--url", &url, "-c", "4", "-n", "4", "-s", "64"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("masked frame") && stderr.contains("--accept-masked"), "{stderr}");
+    let (_, deliveries, errors) = summary(&out);
+    assert_eq!((deliveries, errors), (0, 3));
+}
+
 #[test]
 fn bad_arguments_are_refused_by_the_parser() {
     for args in [&["echo", "-c", "0"][..], &["echo", "-s", "0"], &["echo", "-d", "-1"], &["echo", "--warmup", "NaN"]] {

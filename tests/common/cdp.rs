@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io;
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
@@ -207,10 +208,11 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(Some(_))) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        // The whole group (the wrapper script, the browser, its helpers), whether or
+        // not the wrapper has exited.
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).stderr(Stdio::null()).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         // Chromium's helper processes may write into the profile for a moment longer.
         for _ in 0..20 {
             match fs::remove_dir_all(&self.dir) {
@@ -244,7 +246,10 @@ impl Browser {
         let profile = dir.join("profile");
         fs::create_dir_all(&profile).unwrap_or_else(|e| panic!("creating {}: {e}", profile.display()));
         let log = File::create(dir.join("chromium.log")).expect("creating the Chromium log");
+        // Its own process group: Debian's `chromium` is a shell script that runs the
+        // browser as its child, so killing the script alone would orphan the browser.
         let child = Command::new(&binary)
+            .process_group(0)
             .args([
                 "--headless=new",
                 "--no-sandbox",

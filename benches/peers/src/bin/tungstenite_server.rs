@@ -1,17 +1,20 @@
-//! tokio-tungstenite echo or relay server on a single-threaded runtime.
+//! tokio-tungstenite echo or relay server on a single-threaded runtime. The relay is
+//! one room: every text or binary message goes to every other client, through a
+//! writer task per client that feeds all its queued messages and flushes once.
 //! Usage: tungstenite_server ADDR [echo|relay] [CERT.pem KEY.pem]  (with a certificate:
 //! wss:// through tokio-rustls on the ring provider, the way its users serve TLS).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-type Peers = Rc<RefCell<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
+/// Relay: every client's outbox, by connection id (one room). A std Mutex as in the
+/// tokio-tungstenite server example; on one thread it is never contended.
+type Peers = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
 
 /// The TLS acceptor for a certificate chain and key in PEM files.
 fn tls_acceptor(cert: &str, key: &str) -> tokio_rustls::TlsAcceptor {
@@ -41,7 +44,7 @@ fn main() {
     local.block_on(&rt, async move {
         let listener = TcpListener::bind(&addr).await.unwrap();
         eprintln!("tokio-tungstenite {} on {addr}", if relay { "relay" } else { "echo" });
-        let peers: Peers = Rc::default();
+        let peers: Peers = Arc::default();
         let mut next_id = 0u64;
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
@@ -74,26 +77,40 @@ fn main() {
                     }
                     return;
                 }
+                // The relay as tokio-tungstenite users write it (its own server example:
+                // a peer map of unbounded senders, each client's sink fed by its own
+                // task): the writer feeds every message already queued, then flushes
+                // once, so a burst to one recipient is one write, not one per message.
                 let (mut tx, mut rx) = ws.split();
                 let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
-                peers.borrow_mut().insert(id, out_tx);
+                peers.lock().unwrap().insert(id, out_tx);
                 let writer = tokio::task::spawn_local(async move {
                     while let Some(m) = out_rx.recv().await {
-                        if tx.send(m).await.is_err() {
-                            break;
+                        if tx.feed(m).await.is_err() {
+                            return;
+                        }
+                        while let Ok(m) = out_rx.try_recv() {
+                            if tx.feed(m).await.is_err() {
+                                return;
+                            }
+                        }
+                        if tx.flush().await.is_err() {
+                            return;
                         }
                     }
                 });
                 while let Some(Ok(msg)) = rx.next().await {
                     if msg.is_text() || msg.is_binary() {
-                        for (other, sender) in peers.borrow().iter() {
+                        // Message payloads are Bytes: a clone per recipient is a
+                        // reference count, not a copy.
+                        for (other, sender) in peers.lock().unwrap().iter() {
                             if *other != id {
                                 let _ = sender.send(msg.clone());
                             }
                         }
                     }
                 }
-                peers.borrow_mut().remove(&id);
+                peers.lock().unwrap().remove(&id);
                 writer.abort();
             });
         }
