@@ -12,65 +12,14 @@
 //! likewise start inside a frame; the load generator opens all of them first.
 //! Usage: tcp_fanout ADDR
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
-
-struct Conn {
-    stream: TcpStream,
-    /// Past the handshake: receives what the others send.
-    open: bool,
-    /// The request head, while it is incomplete.
-    head: Vec<u8>,
-    /// Bytes the socket has not taken yet.
-    pending: Vec<u8>,
-}
-
-impl Conn {
-    /// Writes `pending` and then `more` (one write while nothing is pending) and keeps
-    /// what the socket did not take; false if the connection failed.
-    fn send(&mut self, more: &[u8]) -> bool {
-        if !self.pending.is_empty() {
-            // Behind already: keep order, and write when the socket is WRITABLE again.
-            self.pending.extend_from_slice(more);
-            return true;
-        }
-        let mut at = 0;
-        while at < more.len() {
-            match self.stream.write(&more[at..]) {
-                Ok(n) => at += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        self.pending.extend_from_slice(&more[at..]);
-        true
-    }
-
-    /// Writes what is pending until the socket would block; false if it failed.
-    fn flush(&mut self) -> bool {
-        while !self.pending.is_empty() {
-            match self.stream.write(&self.pending) {
-                Ok(n) => {
-                    self.pending.drain(..n);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
-    }
-}
+use mio::{Events, Token};
+use rfc6455_peers::Conn;
 
 fn main() {
     let addr = rfc6455_peers::addr_arg("127.0.0.1:9105").parse().unwrap();
-    let mut poll = Poll::new().unwrap();
-    let mut listener = TcpListener::bind(addr).unwrap();
-    poll.registry().register(&mut listener, Token(usize::MAX), Interest::READABLE).unwrap();
-    eprintln!("tcp fan-out on {addr}");
+    let (mut poll, listener) = rfc6455_peers::floor_listener(addr, "tcp fan-out");
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
@@ -79,17 +28,7 @@ fn main() {
         poll.poll(&mut events, None).unwrap();
         for ev in events.iter() {
             if ev.token() == Token(usize::MAX) {
-                while let Ok((mut stream, _)) = listener.accept() {
-                    let _ = stream.set_nodelay(true);
-                    let i = conns.iter().position(Option::is_none).unwrap_or_else(|| {
-                        conns.push(None);
-                        conns.len() - 1
-                    });
-                    // Edge-triggered, both directions, registered once: no interest
-                    // changes afterwards.
-                    poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE).unwrap();
-                    conns[i] = Some(Conn { stream, open: false, head: Vec::new(), pending: Vec::new() });
-                }
+                rfc6455_peers::accept_into(&listener, &poll, &mut conns, Conn::new);
                 continue;
             }
             let i = ev.token().0;

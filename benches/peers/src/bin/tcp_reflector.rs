@@ -4,22 +4,12 @@
 
 use std::io::{ErrorKind, Read, Write};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
-
-struct Conn {
-    stream: TcpStream,
-    open: bool,
-    head: Vec<u8>,
-    pending: Vec<u8>,
-}
+use mio::{Events, Token};
+use rfc6455_peers::Conn;
 
 fn main() {
     let addr = rfc6455_peers::addr_arg("127.0.0.1:9104").parse().unwrap();
-    let mut poll = Poll::new().unwrap();
-    let mut listener = TcpListener::bind(addr).unwrap();
-    poll.registry().register(&mut listener, Token(usize::MAX), Interest::READABLE).unwrap();
-    eprintln!("tcp reflector on {addr}");
+    let (mut poll, listener) = rfc6455_peers::floor_listener(addr, "tcp reflector");
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
@@ -27,15 +17,7 @@ fn main() {
         poll.poll(&mut events, None).unwrap();
         for ev in events.iter() {
             if ev.token() == Token(usize::MAX) {
-                while let Ok((mut stream, _)) = listener.accept() {
-                    let _ = stream.set_nodelay(true);
-                    let i = conns.iter().position(Option::is_none).unwrap_or_else(|| {
-                        conns.push(None);
-                        conns.len() - 1
-                    });
-                    poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE).unwrap();
-                    conns[i] = Some(Conn { stream, open: false, head: Vec::new(), pending: Vec::new() });
-                }
+                rfc6455_peers::accept_into(&listener, &poll, &mut conns, Conn::new);
                 continue;
             }
             let i = ev.token().0;
