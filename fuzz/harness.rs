@@ -146,8 +146,9 @@ fn handshake_server_with(data: &[u8], plain_http: bool) {
             }
             if let Event::HttpRequest(req) = &e {
                 // Only a server that takes them, and only requests with no key that ask for no
-                // WebSocket upgrade (another upgrade, `h2c`, may be ignored).
-                let upgrade = String::from_utf8_lossy(req.header("upgrade").unwrap_or_default()).into_owned();
+                // WebSocket upgrade (another upgrade, `h2c`, may be ignored). A header value
+                // that is not UTF-8 names no token (as everywhere in the handshake).
+                let upgrade = std::str::from_utf8(req.header("upgrade").unwrap_or_default()).unwrap_or("");
                 let websocket = upgrade.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket"));
                 assert!(plain_http && req.header("sec-websocket-key").is_none() && !websocket, "{req:?}");
                 s.respond(&rfc6455::Reject::new(200).body("page")).unwrap();
