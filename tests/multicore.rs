@@ -7,26 +7,24 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use common::net::*;
-use rfc6455::net::{Client, Inbox, Relay, ServerConfig, ServerGroup, ServerStats, ShutdownHandle};
+use rfc6455::net::{Client, Inbox, Relay, ServerConfig, ServerGroup, ServerStats};
 use rfc6455::{CloseCode, Event, MessageKind};
 
 const LOOPS: usize = 4;
 
-/// A relay on `LOOPS` loops, running on its own threads.
+/// A relay on `LOOPS` loops, running on its own threads (stopped on drop, as a
+/// [`Running`] server is).
 struct Group {
-    addr: SocketAddr,
+    running: Running,
     stats: Vec<Arc<ServerStats>>,
     inboxes: Vec<Inbox<Relay>>,
-    handle: ShutdownHandle,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Group {
@@ -40,7 +38,8 @@ impl Group {
         let inboxes = group.loops_mut().iter().map(|s| s.inbox()).collect();
         let (addr, stats, handle) = (group.local_addr(), group.stats(), group.shutdown_handle());
         let thread = Some(thread::spawn(move || group.run()));
-        Group { addr, stats, inboxes, handle, thread }
+        let running = Running { addr, admin: None, handle, stats: stats[0].clone(), thread };
+        Group { running, stats, inboxes }
     }
 
     fn opened(&self) -> Vec<u64> {
@@ -50,7 +49,7 @@ impl Group {
     /// Connects to `room` and says which loop took the connection.
     fn connect(&self, room: &str) -> (Client, usize) {
         let before = self.opened();
-        let client = Client::connect_url(&format!("ws://{}{room}", self.addr)).unwrap();
+        let client = Client::connect_url(&format!("ws://{}{room}", self.running.addr)).unwrap();
         let deadline = Instant::now() + WAIT;
         loop {
             let now = self.opened();
@@ -90,22 +89,6 @@ impl Group {
         let (tx, rx) = mpsc::channel();
         self.inboxes[i].send(move |relay, _| tx.send(f(relay)).unwrap()).unwrap();
         rx.recv_timeout(WAIT).unwrap()
-    }
-
-    fn stop(&mut self) {
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        self.handle.shutdown();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -211,14 +194,14 @@ fn join_and_leave_churn_leaves_no_stale_interest() {
 fn shutdown_closes_every_loops_clients_with_1001() {
     let mut group = Group::start(ServerConfig::default());
     let clients = group.spread("/lobby");
-    let handle = group.handle.clone();
+    let handle = group.running.handle.clone();
     let stopper = thread::spawn(move || handle.shutdown());
     for (mut c, l) in clients {
         let closed = next_closed(&mut c);
         assert_eq!(closed.code(), CloseCode::GOING_AWAY, "a client on loop {l}");
     }
     stopper.join().unwrap();
-    group.stop();
+    group.running.stop();
 }
 
 /// A client that never reads, on loop 0, in a room whose sender is on loop 1 and whose
@@ -283,7 +266,7 @@ fn compressed_messages_cross_the_loops() {
     let d = DeflateConfig { server_no_context_takeover: true, ..DeflateConfig::default() };
     let cfg = ServerConfig { engine: Config { deflate: Some(d.clone()), ..Config::default() }, ..ServerConfig::default() };
     let group = Group::start_with(cfg, move |_| Relay::with_deflate(d.clone()));
-    let url = format!("ws://{}/z", group.addr);
+    let url = format!("ws://{}/z", group.running.addr);
     let mut clients = Vec::new();
     while (0..LOOPS).any(|l| clients.iter().filter(|(_, i, _)| *i == l).count() < 2) {
         assert!(clients.len() < 200, "placement");
