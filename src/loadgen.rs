@@ -91,8 +91,15 @@ pub struct Params {
     #[arg(long, short = 'q')]
     pub quiet: bool,
     /// Process id of the server (same machine): report its CPU time and memory.
+    /// Repeatable (relay processes and their broker): CPU time summed, memory of the first.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
+    /// Relay: the clients that do not send connect here instead of --url (another
+    /// relay process sharing the room through a broker): every delivery crosses it.
+    /// The traffic starts half a second after the connections open, once the other
+    /// relay has subscribed to the room.
+    #[arg(long, value_name = "URL")]
+    pub receivers_url: Option<String>,
     /// Offer permessage-deflate and send compressed messages (echo, idle).
     #[arg(long)]
     pub deflate: bool,
@@ -175,6 +182,14 @@ fn process_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
+/// CPU time of all of `pids` (none if any is unreadable, or there are none).
+fn servers_cpu(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| process_cpu(pid)).sum()
+}
+
 /// Resident memory of `pid` in bytes, from /proc/PID/status.
 fn process_rss(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -255,8 +270,8 @@ struct Target {
 }
 
 impl Target {
-    fn new(p: &Params) -> io::Result<Target> {
-        let request = ClientRequest::new(&p.url).map_err(|e| invalid(e.to_string()))?;
+    fn new(p: &Params, url: &str) -> io::Result<Target> {
+        let request = ClientRequest::new(url).map_err(|e| invalid(e.to_string()))?;
         let url = request.url();
         if !url.secure && (p.insecure || !p.ca_files.is_empty()) {
             return Err(invalid("--ca and --insecure are for wss:// URLs"));
@@ -584,8 +599,8 @@ impl Meter {
     fn tick(&mut self, now: Instant, p: &Params, report: &mut Report) {
         if !self.measuring && now >= self.start {
             self.measuring = true;
-            self.cpu_at_start = p.server_pid.and_then(process_cpu);
-            if let (Some(pid), Some(before)) = (p.server_pid, self.rss_before) {
+            self.cpu_at_start = servers_cpu(&p.server_pid);
+            if let (Some(&pid), Some(before)) = (p.server_pid.first(), self.rss_before) {
                 report.server_rss = process_rss(pid).map(|after| (before, after));
             }
             report.messages = 0;
@@ -606,8 +621,8 @@ impl Meter {
     /// Ends the run: the measured time and the server's CPU time over it.
     fn finish(&self, p: &Params, report: &mut Report) {
         report.elapsed = if self.measuring { Instant::now() - self.start } else { Duration::ZERO };
-        if let (Some(pid), Some(start)) = (p.server_pid, self.cpu_at_start) {
-            report.server_cpu = process_cpu(pid).map(|end| end.saturating_sub(start));
+        if let Some(start) = self.cpu_at_start {
+            report.server_cpu = servers_cpu(&p.server_pid).map(|end| end.saturating_sub(start));
         }
     }
 }
@@ -652,11 +667,23 @@ struct Bench<'p> {
     relay: RelayState,
 }
 
+/// How long a cross-process relay run waits before sending.
+const CROSS_PROCESS_SETTLE: Duration = Duration::from_millis(500);
+
 /// Runs the load and returns its report.
 pub fn run(p: &Params) -> io::Result<Report> {
-    let target = Target::new(p)?;
+    let target = Target::new(p, &p.url)?;
+    let receivers = match &p.receivers_url {
+        Some(_) if p.mode != Mode::Relay => return Err(invalid("--receivers-url is for relay")),
+        Some(url) => Target::new(p, url)?,
+        None => Target::new(p, &p.url)?,
+    };
     let mut events = Events::with_capacity(4096);
-    let mut bench = Bench::connect_all(p, &target, &mut events)?;
+    let mut bench = Bench::connect_all(p, [&target, &receivers], &mut events)?;
+    if p.receivers_url.is_some() {
+        // A message sent before the broker knows of the receivers' relay is lost.
+        std::thread::sleep(CROSS_PROCESS_SETTLE);
+    }
     bench.start_traffic();
     bench.drive(&mut events)?;
     Ok(bench.finish())
@@ -665,12 +692,15 @@ pub fn run(p: &Params) -> io::Result<Report> {
 impl<'p> Bench<'p> {
     /// Opens every connection (TCP, then the handshake, each with its own key) and
     /// waits until each is open or has failed. Fails when none opened, naming why.
-    fn connect_all(p: &'p Params, target: &Target, events: &mut Events) -> io::Result<Bench<'p>> {
-        let rss_before = p.server_pid.and_then(process_rss);
+    /// `targets`: the senders' (relay; everyone's otherwise) and the other clients'.
+    fn connect_all(p: &'p Params, targets: [&Target; 2], events: &mut Events) -> io::Result<Bench<'p>> {
+        let rss_before = p.server_pid.first().and_then(|&pid| process_rss(pid));
         let poll = Poll::new()?;
         let start = Instant::now();
         let mut conns = Vec::with_capacity(p.connections);
+        let on_first = if p.mode == Mode::Relay { p.senders } else { p.connections };
         for i in 0..p.connections {
+            let target = targets[usize::from(i >= on_first)];
             let mut stream = TcpStream::connect(target.addr)?;
             poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
             let tls = match &target.tls {

@@ -12,7 +12,8 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 use log::{error, info, warn};
 use rfc6455::net::{
-    Client, ClientOptions, Echo, Handler, Relay, ServerConfig, ServerGroup, TlsAcceptor, TlsClientOptions, TlsConnector, TlsFiles,
+    Bridge, BrokerConfig, BrokerError, Client, ClientOptions, Echo, Handler, Relay, ServerConfig, ServerGroup, TlsAcceptor,
+    TlsClientOptions, TlsConnector, TlsFiles,
 };
 use rfc6455::{ClientRequest, CloseCode, Config, DeflateConfig, Event};
 
@@ -37,6 +38,15 @@ enum Command {
         /// Do not serve the chat page to browsers (plain GETs get 426 Upgrade Required).
         #[arg(long)]
         no_page: bool,
+        /// Share rooms with every relay started with the same broker: redis://HOST:PORT
+        /// or nats://HOST:PORT (a password in the URL, or in RFC6455_BROKER_PASSWORD).
+        /// The relay serves its own rooms while the broker is unreachable, and retries.
+        #[arg(long, value_name = "URL", value_parser = parse_broker)]
+        broker: Option<BrokerConfig>,
+        /// With --broker: channel names start with this (1-64 letters, digits, - or _),
+        /// so several deployments can share one broker.
+        #[arg(long, value_name = "PREFIX", default_value = "rfc6455", requires = "broker", value_parser = parse_broker_prefix)]
+        broker_prefix: String,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -253,7 +263,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log).parse_default_env().format_timestamp_millis().init();
     match cli.command {
-        Command::Relay { listen, no_page, server } => {
+        Command::Relay { listen, no_page, broker, broker_prefix, server } => {
             let mut cfg = server.config();
             cfg.tls = match server.tls() {
                 Ok(t) => t,
@@ -271,7 +281,19 @@ fn main() -> ExitCode {
                     "--allow-origin is set: the chat page connects only if its own origin (http://HOST:PORT as the browser sees it) is in the list"
                 );
             }
-            serve(listen, cfg, server.threads(), relay, Relay::link, "relay", !no_page)
+            let broker = broker.map(|b| {
+                // The prefix was checked when parsed.
+                let b = b.max_message_size(cfg.engine.max_message_size);
+                b.clone().prefix(&broker_prefix).unwrap_or(b)
+            });
+            let link = move |group: &mut ServerGroup<Relay>| match &broker {
+                Some(broker) => Relay::link_with_broker(group, broker).map(Some),
+                None => {
+                    Relay::link(group);
+                    Ok(None)
+                }
+            };
+            serve(listen, cfg, server.threads(), relay, link, "relay", !no_page)
         }
         Command::Echo { listen, server } => {
             let mut cfg = server.config();
@@ -279,7 +301,7 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return fatal(&e),
             };
-            serve(listen, cfg, server.threads(), |_| Echo, |_| {}, "echo", false)
+            serve(listen, cfg, server.threads(), |_| Echo, |_| Ok(None), "echo", false)
         }
         Command::Client { url, binary, protocols, headers, origin, ping_interval, max_message_size, deflate, tls, proxy, session } => {
             let request = match client_request(&url, protocols, headers, origin) {
@@ -326,6 +348,16 @@ fn bench(params: loadgen::Params) -> ExitCode {
     }
 }
 
+/// `--broker`: a redis:// or nats:// URL this build can use.
+fn parse_broker(url: &str) -> Result<BrokerConfig, String> {
+    BrokerConfig::parse(url).map_err(|e| e.to_string())
+}
+
+/// `--broker-prefix`: checked as the bridge will use it.
+fn parse_broker_prefix(prefix: &str) -> Result<String, String> {
+    BrokerConfig::parse("redis://127.0.0.1").and_then(|b| b.prefix(prefix)).map(|_| prefix.to_owned()).map_err(|e| e.to_string())
+}
+
 /// One clear line on stderr and a nonzero exit.
 fn fatal(message: &str) -> ExitCode {
     eprintln!("error: {message}");
@@ -339,7 +371,7 @@ fn serve<H: Handler + Send + 'static>(
     cfg: ServerConfig,
     threads: usize,
     handler: impl FnMut(usize) -> H,
-    link: fn(&mut ServerGroup<H>),
+    link: impl FnOnce(&mut ServerGroup<H>) -> Result<Option<Bridge>, BrokerError>,
     what: &str,
     page: bool,
 ) -> ExitCode {
@@ -353,7 +385,10 @@ fn serve<H: Handler + Send + 'static>(
             return ExitCode::FAILURE;
         }
     };
-    link(&mut server);
+    let bridge = match link(&mut server) {
+        Ok(bridge) => bridge,
+        Err(e) => return fatal(&e.to_string()),
+    };
     let handle = server.shutdown_handle();
     match signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]) {
         Ok(mut signals) => {
@@ -386,8 +421,13 @@ fn serve<H: Handler + Send + 'static>(
     if let Some(admin) = server.admin_addr() {
         line.push_str(&format!("; metrics: http://{admin}/metrics"));
     }
+    if let Some(bridge) = &bridge {
+        line.push_str(&format!("; broker: {}", bridge.url()));
+    }
     info!("{line}");
-    match server.run() {
+    let run = server.run();
+    drop(bridge); // unsubscribes
+    match run {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: server failed: {e}");

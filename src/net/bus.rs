@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::net::broker::BrokerStats;
 use crate::net::handler::Ctx;
 use crate::net::server::{Inbox, InboxError};
 use crate::{MessageKind, SharedFrame};
@@ -41,6 +42,7 @@ pub(crate) enum BusItem {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Frames {
     pub(crate) plain: Option<SharedFrame>,
+    #[cfg_attr(not(feature = "deflate"), allow(dead_code))]
     pub(crate) compressed: Option<SharedFrame>,
 }
 
@@ -75,6 +77,54 @@ struct Lane {
 /// and its interest changes kept.
 const LANE_MAX: usize = 1 << 16;
 
+impl Lane {
+    /// Appends `items` in order; messages beyond [`LANE_MAX`] are dropped and counted
+    /// in `dropped`, interest changes always kept. Returns the messages appended.
+    fn append(&self, items: &mut Vec<BusItem>, dropped: &AtomicU64) -> u64 {
+        let mut queued = self.items.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut appended = 0;
+        for item in items.drain(..) {
+            match item {
+                BusItem::Message { .. } if queued.len() >= LANE_MAX => {
+                    dropped.fetch_add(1, Ordering::Relaxed);
+                }
+                BusItem::Message { .. } => {
+                    appended += 1;
+                    queued.push(item);
+                }
+                BusItem::Interest { .. } => queued.push(item),
+            }
+        }
+        appended
+    }
+
+    /// Whether nothing waits in the lane.
+    fn is_empty(&self) -> bool {
+        self.items.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
+    /// Takes everything waiting, and lets the next append schedule a new taker.
+    fn take(&self) -> Vec<BusItem> {
+        // Cleared before taking: items added after the take schedule a new job.
+        self.scheduled.store(false, Ordering::Release);
+        std::mem::take(&mut *self.items.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Puts a job that takes `lane`'s items into `inbox`, unless one is waiting there
+/// already (then that one takes them too). On an error the lane is not scheduled.
+fn hand_over<H: BusMember>(lane: &Arc<Lane>, inbox: &Inbox<H>) -> Result<(), InboxError> {
+    if lane.scheduled.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let taker = lane.clone();
+    let sent = inbox.send(move |h: &mut H, ctx: &mut Ctx<'_>| h.receive(ctx, taker.take()));
+    if sent.is_err() {
+        lane.scheduled.store(false, Ordering::Release);
+    }
+    sent
+}
+
 /// One loop's end of the bus.
 pub(crate) struct Bus<H> {
     me: usize,
@@ -91,6 +141,9 @@ pub(crate) struct Bus<H> {
     pub(crate) shared: Arc<BusShared>,
     /// Messages relayed here, published to `shared` once per turn.
     relayed: u64,
+    /// The broker bridge of the process, if any, and what this turn has for it.
+    bridge: Option<Arc<BridgePort<H>>>,
+    to_bridge: Vec<BusItem>,
 }
 
 impl<H> std::fmt::Debug for Bus<H> {
@@ -127,13 +180,29 @@ impl<H: BusMember> Bus<H> {
                 outgoing: (0..n).map(|_| Vec::new()).collect(),
                 shared: shared.clone(),
                 relayed: 0,
+                bridge: None,
+                to_bridge: Vec::new(),
             })
             .collect();
         Some(buses)
     }
 
-    /// Tells every other loop that this one has members in `room` now, or no longer.
+    /// Connects this loop to the process's broker bridge.
+    pub(crate) fn attach(&mut self, bridge: Arc<BridgePort<H>>) {
+        self.bridge = Some(bridge);
+    }
+
+    /// The bridge's counters, if the process has one.
+    pub(crate) fn bridge(&self) -> Option<&BridgePort<H>> {
+        self.bridge.as_deref()
+    }
+
+    /// Tells every other loop (and the bridge) that this one has members in `room`
+    /// now, or no longer.
     pub(crate) fn announce(&mut self, room: &Arc<str>, member: bool) {
+        if self.bridge.is_some() {
+            self.to_bridge.push(BusItem::Interest { room: room.clone(), from: self.me, member });
+        }
         for (i, out) in self.outgoing.iter_mut().enumerate() {
             if i != self.me && self.gone & (1 << i) == 0 {
                 out.push(BusItem::Interest { room: room.clone(), from: self.me, member });
@@ -153,6 +222,16 @@ impl<H: BusMember> Bus<H> {
                 out.push(BusItem::Message { room: room.clone(), kind, frames: frames.clone() });
             }
         }
+    }
+
+    /// Whether messages relayed here go to the broker too (then [`Bus::publish`] them).
+    pub(crate) fn has_bridge(&self) -> bool {
+        self.bridge.is_some()
+    }
+
+    /// Queues a message of `room` for the broker (its plain frame carries the payload).
+    pub(crate) fn publish(&mut self, room: &Arc<str>, kind: MessageKind, frames: &Frames) {
+        self.to_bridge.push(BusItem::Message { room: room.clone(), kind, frames: frames.clone() });
     }
 
     /// Applies another loop's interest change.
@@ -183,54 +262,41 @@ impl<H: BusMember> Bus<H> {
         self.remote.keys().map(|r| &**r)
     }
 
+    /// Appends this turn's items for the bridge to its lane from this loop, and wakes
+    /// the bridge unless it has been woken and not taken them yet.
+    fn flush_to_bridge(&mut self) {
+        let Some(bridge) = &self.bridge else { return };
+        if self.to_bridge.is_empty() {
+            return;
+        }
+        let lane = &bridge.from_loops[self.me];
+        lane.append(&mut self.to_bridge, &bridge.stats.dropped_queue);
+        if !lane.scheduled.swap(true, Ordering::AcqRel) {
+            (bridge.wake)();
+        }
+    }
+
     /// Hands each loop what this turn has for it: appended to its lane, and a job that
     /// takes the lane's items put in its inbox unless one is there already. Returns
     /// true if a lane could not be scheduled (its inbox was full): call again soon.
     pub(crate) fn flush(&mut self) -> bool {
         self.shared.relayed[self.me].store(self.relayed, Ordering::Relaxed);
+        self.flush_to_bridge();
         let mut retry = false;
         for i in 0..self.outgoing.len() {
             let lane = self.lanes[i].clone();
-            {
-                let mut items = lane.items.lock().unwrap_or_else(PoisonError::into_inner);
-                if self.outgoing[i].is_empty() && items.is_empty() {
-                    continue;
-                }
-                let mut crossed = 0;
-                for item in self.outgoing[i].drain(..) {
-                    match item {
-                        BusItem::Message { .. } if items.len() >= LANE_MAX => {
-                            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                        BusItem::Message { .. } => {
-                            crossed += 1;
-                            items.push(item);
-                        }
-                        BusItem::Interest { .. } => items.push(item),
-                    }
-                }
-                self.shared.crossed.fetch_add(crossed, Ordering::Relaxed);
+            if self.outgoing[i].is_empty() && lane.is_empty() {
+                continue;
             }
-            if lane.scheduled.swap(true, Ordering::AcqRel) {
-                continue; // its job is waiting in the inbox and will take these too
-            }
-            let taker = lane.clone();
-            let job = move |h: &mut H, ctx: &mut Ctx<'_>| {
-                // Cleared before taking: items added after the take schedule a new job.
-                taker.scheduled.store(false, Ordering::Release);
-                let items = std::mem::take(&mut *taker.items.lock().unwrap_or_else(PoisonError::into_inner));
-                h.receive(ctx, items);
-            };
-            match self.inboxes[i].send(job) {
+            let crossed = lane.append(&mut self.outgoing[i], &self.shared.dropped);
+            self.shared.crossed.fetch_add(crossed, Ordering::Relaxed);
+            match hand_over(&lane, &self.inboxes[i]) {
                 Ok(()) => {}
-                Err(InboxError::Full) => {
-                    lane.scheduled.store(false, Ordering::Release);
-                    retry = true;
-                }
+                Err(InboxError::Full) => retry = true,
                 Err(InboxError::Closed) => {
                     // That loop has stopped: forget it.
                     self.gone |= 1 << i;
-                    let dropped = std::mem::take(&mut *lane.items.lock().unwrap_or_else(PoisonError::into_inner));
+                    let dropped = lane.take();
                     let lost = dropped.iter().filter(|it| matches!(it, BusItem::Message { .. })).count() as u64;
                     self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
                     for mask in self.remote.values_mut() {
@@ -241,5 +307,91 @@ impl<H: BusMember> Bus<H> {
             }
         }
         retry
+    }
+}
+
+/// The broker bridge's end of the bus (see `broker/`): a lane from each loop, which it
+/// takes when woken, and a lane to each loop, handed over as a loop would.
+pub(crate) struct BridgePort<H> {
+    from_loops: Vec<Arc<Lane>>,
+    to_loops: Vec<Arc<Lane>>,
+    inboxes: Vec<Inbox<H>>,
+    /// Wakes the bridge's thread that takes the loops' lanes.
+    wake: Box<dyn Fn() + Send + Sync>,
+    /// Lanes to loops whose inbox was full: handed over again by [`BridgePort::retry`].
+    pending: AtomicU64,
+    pub(crate) stats: Arc<BrokerStats>,
+}
+
+impl<H> std::fmt::Debug for BridgePort<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgePort").field("loops", &self.inboxes.len()).finish_non_exhaustive()
+    }
+}
+
+impl<H: BusMember> BridgePort<H> {
+    /// A port to the loops whose inboxes are given; `wake` is called (from a loop's
+    /// thread) when a loop has queued items for the bridge.
+    pub(crate) fn new(inboxes: Vec<Inbox<H>>, stats: Arc<BrokerStats>, wake: Box<dyn Fn() + Send + Sync>) -> Self {
+        let n = inboxes.len();
+        Self {
+            from_loops: (0..n).map(|_| Arc::default()).collect(),
+            to_loops: (0..n).map(|_| Arc::default()).collect(),
+            inboxes,
+            wake,
+            pending: AtomicU64::new(0),
+            stats,
+        }
+    }
+
+    /// Everything the loops have queued for the bridge, loop by loop (each loop's in
+    /// its order).
+    #[cfg_attr(not(any(feature = "broker-redis", feature = "broker-nats")), allow(dead_code))]
+    pub(crate) fn take(&self) -> Vec<BusItem> {
+        let mut all = Vec::new();
+        for lane in &self.from_loops {
+            all.append(&mut lane.take());
+        }
+        all
+    }
+
+    /// Hands a message of `room` from another process to the loops in `loops` (a bit
+    /// set) for their members. A loop whose inbox is full gets it at the next
+    /// [`BridgePort::retry`]; a lane that is full drops it (counted).
+    pub(crate) fn deliver(&self, loops: u64, room: &Arc<str>, kind: MessageKind, frame: &SharedFrame) {
+        for (i, lane) in self.to_loops.iter().enumerate() {
+            if loops & (1 << i) == 0 {
+                continue;
+            }
+            let frames = Frames { plain: Some(frame.clone()), compressed: None };
+            let mut item = vec![BusItem::Message { room: room.clone(), kind, frames }];
+            lane.append(&mut item, &self.stats.dropped_queue);
+            self.hand_over(i);
+        }
+    }
+
+    /// Hands over again the lanes whose loop's inbox was full.
+    pub(crate) fn retry(&self) {
+        let pending = self.pending.swap(0, Ordering::AcqRel);
+        for i in 0..self.to_loops.len() {
+            if pending & (1 << i) != 0 {
+                self.hand_over(i);
+            }
+        }
+    }
+
+    fn hand_over(&self, i: usize) {
+        match hand_over(&self.to_loops[i], &self.inboxes[i]) {
+            Ok(()) => {}
+            Err(InboxError::Full) => {
+                self.pending.fetch_or(1 << i, Ordering::AcqRel);
+            }
+            Err(InboxError::Closed) => {
+                // That loop has stopped: what waits for it is lost.
+                let lost = self.to_loops[i].take();
+                let lost = lost.iter().filter(|it| matches!(it, BusItem::Message { .. })).count() as u64;
+                self.stats.dropped_queue.fetch_add(lost, Ordering::Relaxed);
+            }
+        }
     }
 }

@@ -112,6 +112,22 @@ impl Histogram {
     pub(crate) fn count(&self) -> u64 {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
+
+    /// Writes the histogram as the family `name` (cumulative buckets, sum, count).
+    pub(crate) fn write(&self, m: &mut Metrics, name: &str, help: &str) {
+        if !m.family(name, MetricKind::Histogram, help) {
+            return;
+        }
+        let mut cumulative = 0;
+        for (bound, b) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += b.load(Ordering::Relaxed);
+            m.sample(&format!("{name}_bucket"), &[("le", &bound.to_string())], cumulative);
+        }
+        cumulative += self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        m.sample(&format!("{name}_bucket"), &[("le", "+Inf")], cumulative);
+        m.sample(&format!("{name}_sum"), &[], self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        m.sample(&format!("{name}_count"), &[], cumulative);
+    }
 }
 
 /// Counters a running server publishes, readable from any thread.
@@ -273,18 +289,7 @@ impl ServerStats {
     }
 
     fn write_latency(&self, m: &mut Metrics) {
-        let name = "rfc6455_handshake_seconds";
-        m.family(name, MetricKind::Histogram, "Time from TCP accept to an open WebSocket.");
-        let h = &self.handshake_latency;
-        let mut cumulative = 0;
-        for (bound, b) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-            cumulative += b.load(Ordering::Relaxed);
-            m.sample(&format!("{name}_bucket"), &[("le", &bound.to_string())], cumulative);
-        }
-        cumulative += h.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
-        m.sample(&format!("{name}_bucket"), &[("le", "+Inf")], cumulative);
-        m.sample(&format!("{name}_sum"), &[], h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
-        m.sample(&format!("{name}_count"), &[], cumulative);
+        self.handshake_latency.write(m, "rfc6455_handshake_seconds", "Time from TCP accept to an open WebSocket.");
     }
 }
 

@@ -8,9 +8,11 @@
 //! `http.rs` plain HTTP (chat page, health, metrics), `metrics.rs` the counters and
 //! their Prometheus page,
 //! `policy.rs` limits, budgets and the slow-consumer policy, `pool.rs` buffer reuse,
-//! `relay.rs` the shipped handlers, `client.rs` the client, `tls.rs` the TLS transport
+//! `relay.rs` the shipped handlers, `bus.rs` rooms across loops, `broker/` rooms
+//! across processes (Redis, NATS), `group.rs` several loops, `client.rs` the client, `tls.rs` the TLS transport
 //! (feature `tls`).
 
+mod broker;
 mod bus;
 mod client;
 mod conn;
@@ -24,6 +26,7 @@ mod relay;
 mod server;
 mod tls;
 
+pub use broker::{Bridge, BrokerConfig, BrokerError, BrokerKind, BrokerStats};
 pub use client::{Client, ClientError, ClientOptions, ClientWaker};
 pub use group::ServerGroup;
 pub use handler::{ConnId, Ctx, Handler};

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::net::broker::{self, Bridge, BrokerConfig, BrokerError};
 use crate::net::bus::{Bus, BusItem, BusMember, Frames};
 use crate::net::group::ServerGroup;
 use crate::net::handler::{ConnId, Ctx, Handler};
@@ -203,6 +204,23 @@ impl Relay {
         }
     }
 
+    /// [`Relay::link`], and rooms span processes too: every process started with the
+    /// same broker (and channel prefix) shares its rooms with the others. Returns the
+    /// running bridge (drop it after [`ServerGroup::run`] returns). The broker need
+    /// not be up: the relay serves its own rooms meanwhile and the bridge retries.
+    /// Across processes: at most once, per-sender order within a room, no duplicates,
+    /// no echo; messages are lost only while a broker link is down, and counted.
+    pub fn link_with_broker(group: &mut ServerGroup<Relay>, broker: &BrokerConfig) -> Result<Bridge, BrokerError> {
+        let loops = group.loops_mut();
+        let inboxes: Vec<_> = loops.iter().map(Server::inbox).collect();
+        let (bridge, port) = broker::start(broker, inboxes.clone())?;
+        for (server, mut bus) in loops.iter_mut().zip(Bus::link(inboxes).unwrap_or_default()) {
+            bus.attach(port.clone());
+            server.handler_mut().bus = Some(bus);
+        }
+        Ok(bridge)
+    }
+
     /// Members of `room` that are open (on this loop).
     pub fn members(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, Vec::len)
@@ -285,6 +303,9 @@ impl Handler for Relay {
             m.counter("rfc6455_bus_messages_total", "Messages sent to another loop (once per interested loop).", crossed);
             let dropped = bus.shared.dropped.load(Ordering::Relaxed);
             m.counter("rfc6455_bus_dropped_total", "Messages lost to a loop whose inbox was full.", dropped);
+            if let Some(bridge) = bus.bridge() {
+                bridge.stats.write_metrics(m);
+            }
         }
     }
 
@@ -316,6 +337,10 @@ impl Handler for Relay {
             if loops != 0 {
                 self.encoder.complete(kind, data, &mut frames);
                 bus.forward(loops, room, kind, &frames);
+            }
+            if bus.has_bridge() {
+                self.encoder.plain(kind, data, &mut frames);
+                bus.publish(room, kind, &frames);
             }
         }
     }

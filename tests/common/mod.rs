@@ -2,6 +2,8 @@
 //! raw frame writer/reader for talking to one engine byte by byte.
 #![allow(dead_code)]
 
+#[cfg(feature = "cli")]
+pub mod brokers;
 #[cfg(feature = "net")]
 pub mod net;
 
