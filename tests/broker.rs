@@ -26,8 +26,12 @@ struct Node {
 
 impl Node {
     fn start(broker: &str) -> Node {
+        Node::start_with_env(broker, &[])
+    }
+
+    fn start_with_env(broker: &str, env: &[(&str, &str)]) -> Node {
         let args = ["relay", "--listen", "127.0.0.1:0", "--threads", "2", "--no-page", "--admin-listen", "127.0.0.1:0", "--broker", broker];
-        let process = ServerProcess::start(&args);
+        let process = ServerProcess::start_with_env(&args, env);
         let admin = process.addr_after("metrics: http://");
         Node { process, admin }
     }
@@ -288,20 +292,7 @@ fn redis_link_faults_lose_only_what_is_counted() {
         next_message(&mut local);
     }
     redis.restart();
-    let back = Instant::now();
-    let probe = format!("{}", u64::MAX / 2);
-    let deadline = back + WAIT;
-    let resumed = loop {
-        assert!(Instant::now() < deadline, "cross-node delivery did not resume");
-        a.send_text(&probe).unwrap();
-        next_message(&mut local);
-        if let Some(Event::Text(t)) = b.next_event(Some(Duration::from_millis(5))).unwrap() {
-            assert_eq!(t, probe);
-            break back.elapsed();
-        }
-    };
-    eprintln!("cross-node delivery resumed {resumed:?} after the broker answered again");
-    assert!(resumed < Duration::from_secs(1), "resumed after {resumed:?}");
+    resumes_within_a_second(&mut a, &mut local, &mut b);
     let dropped = nodes[0].metric("rfc6455_broker_dropped_total{reason=\"link_down\"}");
     assert!(dropped >= 100, "messages sent while the broker was down are counted ({dropped})");
     let gaps_now = nodes[1].metric("rfc6455_broker_gaps_total");
@@ -309,6 +300,24 @@ fn redis_link_faults_lose_only_what_is_counted() {
     for n in &nodes {
         n.wait_metric("rfc6455_broker_up", |v| v == 1);
     }
+}
+
+/// Right after the broker answers again: `a` sends a probe every 5 ms (`local`, on
+/// its node, gets each) until `b` gets one, which must be within a second.
+fn resumes_within_a_second(a: &mut Client, local: &mut Client, b: &mut Client) {
+    let back = Instant::now();
+    let deadline = back + WAIT;
+    let resumed = loop {
+        assert!(Instant::now() < deadline, "cross-node delivery did not resume");
+        a.send_text("probe").unwrap();
+        next_message(local);
+        if let Some(Event::Text(t)) = b.next_event(Some(Duration::from_millis(5))).unwrap() {
+            assert_eq!(t, "probe");
+            break back.elapsed();
+        }
+    };
+    eprintln!("cross-node delivery resumed {resumed:?} after the broker answered again");
+    assert!(resumed < Duration::from_secs(1), "resumed after {resumed:?}");
 }
 
 /// The broker is not there when the nodes start: they serve their own rooms, say the
@@ -414,11 +423,95 @@ fn nats_rooms_span_processes_byte_exact() {
     wait_for("no subject left", || nats.subjects("rfc6455.").is_empty());
 }
 
+/// NATS restarted: the local room keeps working, the clients reconnect and
+/// resubscribe, cross-node delivery resumes within a second, and the messages sent
+/// meanwhile are counted (not published, or a gap on the receiving node).
+#[test]
+fn nats_restart_resumes_and_counts() {
+    let mut nats = Nats::start();
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&nats.url())).collect();
+    let (mut a, mut local, mut b) = (nodes[0].client("/lobby"), nodes[0].client("/lobby"), nodes[1].client("/lobby"));
+    wait_for("both nodes subscribed", || nats.subjects(&channel("/lobby")).len() == 2);
+    a.send_text("before").unwrap();
+    assert_eq!(next_message(&mut b).1, b"before");
+    next_message(&mut local);
+    nats.kill();
+    for n in &nodes {
+        n.wait_metric("rfc6455_broker_up", |v| v == 0);
+    }
+    for _ in 0..100 {
+        a.send_text("while down").unwrap();
+        next_message(&mut local);
+    }
+    nats.restart();
+    resumes_within_a_second(&mut a, &mut local, &mut b);
+    let dropped = nodes[0].metric("rfc6455_broker_dropped_total{reason=\"link_down\"}");
+    assert!(dropped >= 100, "the messages sent while NATS was down are counted ({dropped})");
+    assert!(nodes[1].metric("rfc6455_broker_gaps_total") >= dropped);
+    assert!(nodes[1].metric("rfc6455_broker_reconnects_total") >= 1);
+}
+
 #[test]
 fn nats_order_three_senders_two_nodes() {
     let nats = Nats::start();
     let nodes: Vec<Node> = (0..2).map(|_| Node::start(&nats.url())).collect();
     order_across_nodes(&nodes, || wait_for("both nodes subscribed", || nats.subjects(&channel("/lobby")).len() == 2));
+}
+
+/// An envelope as the bridge writes it (see `src/net/broker/envelope.rs`): version 1,
+/// kind (1 text, 2 binary), origin, epoch, sequence, timestamp, payload.
+fn envelope(kind: u8, origin: u64, epoch: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![1, kind];
+    for n in [origin, epoch, seq, 0] {
+        v.extend_from_slice(&n.to_be_bytes());
+    }
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Whatever else publishes on a room's channel: what is not a valid envelope (short,
+/// another version, an unknown kind, text that is not UTF-8) is dropped and counted;
+/// a valid one from an unknown origin is delivered once (a repeat is a counted
+/// duplicate, a skipped sequence a counted gap); members get nothing else.
+#[test]
+fn redis_foreign_messages_are_judged() {
+    let redis = Redis::start();
+    let node = Node::start(&redis.url());
+    let mut b = node.client("/lobby");
+    let ch = channel("/lobby");
+    wait_for("the node subscribed", || redis.numsub(&ch) == 1);
+    let mut wrong_version = envelope(2, 7, 1, 1, b"x");
+    wrong_version[0] = 9;
+    for bad in [&b"short"[..], &wrong_version, &envelope(3, 7, 1, 1, b"x"), &envelope(1, 7, 1, 1, b"\xff\xfe")] {
+        redis.publish(&ch, bad);
+    }
+    redis.publish(&ch, &envelope(1, 7, 1, 1, "first ✓".as_bytes()));
+    redis.publish(&ch, &envelope(1, 7, 1, 1, b"first again"));
+    redis.publish(&ch, &envelope(2, 7, 1, 5, b"\x00fifth"));
+    assert_eq!(next_message(&mut b), (MessageKind::Text, "first ✓".as_bytes().to_vec()));
+    assert_eq!(next_message(&mut b), (MessageKind::Binary, b"\x00fifth".to_vec()));
+    node.wait_metric("rfc6455_broker_received_total", |v| v == 2);
+    assert_eq!(node.metric("rfc6455_broker_malformed_total"), 4);
+    assert_eq!(node.metric("rfc6455_broker_duplicates_total"), 1);
+    assert_eq!(node.metric("rfc6455_broker_gaps_total"), 3);
+    b.send_text("still fine").unwrap();
+    wait_for("its own message published", || redis.publish_calls() == 8);
+}
+
+/// The password comes from the URL or from RFC6455_BROKER_PASSWORD; logs never show it.
+#[test]
+fn redis_password_from_the_url_or_the_environment() {
+    let redis = Redis::with_password("s3cret");
+    let from_url = Node::start(&format!("redis://:s3cret@127.0.0.1:{}", redis.port));
+    assert!(from_url.process.startup.contains(&format!("broker: redis://:***@127.0.0.1:{}", redis.port)), "{}", from_url.process.startup);
+    let from_env = Node::start_with_env(&redis.url(), &[("RFC6455_BROKER_PASSWORD", "s3cret")]);
+    let (mut a, mut b) = (from_url.client("/lobby"), from_env.client("/lobby"));
+    wait_for("both nodes subscribed", || redis.numsub(&channel("/lobby")) == 2);
+    a.send_text("authenticated").unwrap();
+    assert_eq!(next_message(&mut b).1, b"authenticated");
+    let wrong = Node::start_with_env(&redis.url(), &[("RFC6455_BROKER_PASSWORD", "wrong")]);
+    wrong.wait_metric("rfc6455_broker_connect_failures_total", |v| v >= 2);
+    assert_eq!(wrong.metric("rfc6455_broker_up"), 0);
 }
 
 /// A bad `--broker` or `--broker-prefix` is one clear line and a nonzero exit.

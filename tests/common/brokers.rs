@@ -51,6 +51,8 @@ fn spawn(program: &str, args: &[&str]) -> Child {
 pub struct Redis {
     pub port: u16,
     pub child: Option<Child>,
+    /// `requirepass`, if any.
+    password: Option<String>,
     dir: TempDir,
 }
 
@@ -62,7 +64,14 @@ impl Redis {
 
     /// Starts it on `port` and waits (bounded) until it answers.
     pub fn on(port: u16) -> Redis {
-        let mut r = Redis { port, child: None, dir: TempDir::new("redis") };
+        let mut r = Redis { port, child: None, password: None, dir: TempDir::new("redis") };
+        r.launch();
+        r
+    }
+
+    /// Starts it on a free port with `requirepass`.
+    pub fn with_password(password: &str) -> Redis {
+        let mut r = Redis { port: free_port(), child: None, password: Some(password.to_owned()), dir: TempDir::new("redis") };
         r.launch();
         r
     }
@@ -70,7 +79,10 @@ impl Redis {
     fn launch(&mut self) {
         let port = self.port.to_string();
         let dir = self.dir.0.to_str().unwrap().to_owned();
-        let args = ["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", &dir];
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", &dir];
+        if let Some(p) = &self.password {
+            args.extend(["--requirepass", p]);
+        }
         self.child = Some(spawn("redis-server", &args));
         let deadline = Instant::now() + WAIT;
         while self.try_con().and_then(|mut c| redis::cmd("PING").query::<String>(&mut c)).is_err() {
@@ -84,7 +96,11 @@ impl Redis {
     }
 
     fn try_con(&self) -> redis::RedisResult<redis::Connection> {
-        redis::Client::open(self.url())?.get_connection_with_timeout(Duration::from_secs(2))
+        let url = match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => self.url(),
+        };
+        redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))
     }
 
     /// A connection for the test's own commands.
@@ -125,6 +141,11 @@ impl Redis {
             .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
     }
 
+    /// Publishes `message` on `channel`; returns the subscribers that got it.
+    pub fn publish(&self, channel: &str, message: &[u8]) -> i64 {
+        redis::cmd("PUBLISH").arg(channel).arg(message).query(&mut self.con()).unwrap()
+    }
+
     /// `CLIENT KILL TYPE pubsub`: every subscriber link drops; returns how many.
     pub fn kill_subscribers(&self) -> i64 {
         redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query(&mut self.con()).unwrap()
@@ -142,7 +163,7 @@ pub struct Nats {
     pub port: u16,
     monitor: u16,
     pub child: Child,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Nats {
@@ -154,13 +175,30 @@ impl Nats {
         let text = format!("listen: 127.0.0.1:{port}\nhttp: 127.0.0.1:{monitor}\nmax_payload: 8388608\n");
         std::fs::write(&conf, text).unwrap();
         let child = spawn("nats-server", &["-c", conf.to_str().unwrap()]);
-        let n = Nats { port, monitor, child, _dir: dir };
+        let n = Nats { port, monitor, child, dir };
+        n.wait_answering();
+        n
+    }
+
+    fn wait_answering(&self) {
         let deadline = Instant::now() + WAIT;
-        while TcpStream::connect(("127.0.0.1", monitor)).is_err() || TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server on port {port} did not answer");
+        while TcpStream::connect(("127.0.0.1", self.monitor)).is_err() || TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server on port {} did not answer", self.port);
             std::thread::sleep(Duration::from_millis(10));
         }
-        n
+    }
+
+    /// Kills it (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same ports (after [`Nats::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn("nats-server", &["-c", self.dir.0.join("nats.conf").to_str().unwrap()]);
+        self.wait_answering();
     }
 
     pub fn url(&self) -> String {
@@ -190,7 +228,6 @@ impl Nats {
 
 impl Drop for Nats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -87,9 +87,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `rfc6455 ARGS` (logging at info) and waits, bounded, for its startup line.
     pub fn start(args: &[&str]) -> ServerProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`ServerProcess::start`] with these environment variables set.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
         use std::io::BufRead;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rfc6455"))
             .env_remove("RUST_LOG")
+            .envs(env.iter().copied())
             .args(["--log", "info"])
             .args(args)
             .stdin(std::process::Stdio::null())

@@ -198,6 +198,8 @@ pub struct BrokerStats {
     pub up: AtomicBool,
     /// Times a link was established again after it was lost (or never came up).
     pub reconnects: AtomicU64,
+    /// Connection attempts that failed (refused, timed out, authentication).
+    pub connect_failures: AtomicU64,
     /// Messages published (each once per origin process).
     pub published: AtomicU64,
     /// Messages from other processes handed to this process's loops.
@@ -235,6 +237,7 @@ impl BrokerStats {
             u64::from(self.up.load(Ordering::Relaxed)),
         );
         m.counter("rfc6455_broker_reconnects_total", "Broker links established again after a loss.", get(&self.reconnects));
+        m.counter("rfc6455_broker_connect_failures_total", "Broker connection attempts that failed.", get(&self.connect_failures));
         m.counter("rfc6455_broker_published_total", "Messages published to the broker (once per message).", get(&self.published));
         m.counter("rfc6455_broker_received_total", "Messages from other processes delivered to this one's loops.", get(&self.received));
         m.counter("rfc6455_broker_gaps_total", "Messages of other processes that never arrived (sequence gaps).", get(&self.gaps));

@@ -53,11 +53,21 @@ fn options<H>(job: &Job<H>) -> ConnectOptions {
     let stats = job.port.stats.clone();
     let url = job.cfg.display_url();
     let connected_before = Arc::new(AtomicBool::new(false));
+    let failures = stats.clone();
     let options = ConnectOptions::new()
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
-        .reconnect_delay_callback(|attempt| if attempt == 0 { Duration::ZERO } else { backoff(attempt as u32 - 1) })
+        // The server does not send our own messages back.
+        .no_echo()
+        // Asked before attempt `n` (from 1) of a series: n - 1 have failed.
+        .reconnect_delay_callback(move |n| {
+            if n <= 1 {
+                return Duration::ZERO;
+            }
+            failures.connect_failures.fetch_add(1, Ordering::Relaxed);
+            backoff(n as u32 - 2)
+        })
         .event_callback(move |event| {
             on_event(&stats, &connected_before, &url, &event);
             async {}
@@ -115,9 +125,10 @@ async fn run<H: BusMember>(job: Job<H>, addr: ServerAddr, woken: Arc<Notify>) {
     for (_, task) in bridge.rooms.drain() {
         task.abort();
     }
-    // Let the subscribers' unsubscriptions reach the client, then send what it holds.
+    // Let the subscribers' unsubscriptions reach the client, then send what it holds
+    // (not waiting on a broker that is gone).
     tokio::task::yield_now().await;
-    let _ = bridge.client.flush().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), bridge.client.flush()).await;
 }
 
 /// The client connects in the background: says so if it has not after a second.

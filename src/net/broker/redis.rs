@@ -104,6 +104,7 @@ impl Attempts {
                 Some(con)
             }
             Err(e) => {
+                job.port.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                 if self.failures == 0 {
                     warn!(
                         "broker {}: cannot connect the {} link ({e}); local rooms keep working, retrying",
