@@ -12,8 +12,8 @@ use clap::{Args, Parser, Subcommand};
 mod loadgen;
 use log::{error, info, warn};
 use rfc6455::net::{
-    Bridge, BrokerConfig, BrokerError, Client, ClientOptions, Echo, Handler, Relay, ServerConfig, ServerGroup, TlsAcceptor,
-    TlsClientOptions, TlsConnector, TlsFiles,
+    BROKER_PASSWORD_ENV, Bridge, BrokerConfig, BrokerError, Client, ClientOptions, DEFAULT_MAX_BROKER_MESSAGE, Echo, Handler, Relay,
+    ServerConfig, ServerGroup, TlsAcceptor, TlsClientOptions, TlsConnector, TlsFiles,
 };
 use rfc6455::{ClientRequest, CloseCode, Config, DeflateConfig, Event};
 
@@ -39,10 +39,15 @@ enum Command {
         #[arg(long)]
         no_page: bool,
         /// Share rooms with every relay started with the same broker: redis://HOST:PORT
-        /// or nats://HOST:PORT (a password in the URL, or in RFC6455_BROKER_PASSWORD).
-        /// The relay serves its own rooms while the broker is unreachable, and retries.
+        /// or nats://HOST:PORT (a password in the URL, or in RFC6455_BROKER_PASSWORD: the
+        /// Redis password or the NATS token). The relay serves its own rooms while the
+        /// broker is unreachable, and retries.
         #[arg(long, value_name = "URL", value_parser = parse_broker)]
         broker: Option<BrokerConfig>,
+        /// With --broker: the largest message that crosses it, 1 byte to 1 GiB (larger
+        /// ones stay local, counted; at most --max-message-size).
+        #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BROKER_MESSAGE, requires = "broker", value_parser = parse_size)]
+        broker_max_message_size: usize,
         /// With --broker: channel names start with this (1-64 letters, digits, - or _),
         /// so several deployments can share one broker.
         #[arg(long, value_name = "PREFIX", default_value = "rfc6455", requires = "broker", value_parser = parse_broker_prefix)]
@@ -263,7 +268,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log).parse_default_env().format_timestamp_millis().init();
     match cli.command {
-        Command::Relay { listen, no_page, broker, broker_prefix, server } => {
+        Command::Relay { listen, no_page, broker, broker_prefix, broker_max_message_size, server } => {
             let mut cfg = server.config();
             cfg.tls = match server.tls() {
                 Ok(t) => t,
@@ -282,8 +287,12 @@ fn main() -> ExitCode {
                 );
             }
             let broker = broker.map(|b| {
+                let b = b.max_message_size(broker_max_message_size);
+                let b = match std::env::var(BROKER_PASSWORD_ENV) {
+                    Ok(p) if !p.is_empty() => b.password(p),
+                    _ => b,
+                };
                 // The prefix was checked when parsed.
-                let b = b.max_message_size(cfg.engine.max_message_size);
                 b.clone().prefix(&broker_prefix).unwrap_or(b)
             });
             let link = move |group: &mut ServerGroup<Relay>| match &broker {

@@ -62,11 +62,25 @@ impl Node {
             .iter()
             .map(|m| self.metric(m))
             .chain(
-                ["queue_full", "link_down", "too_large"]
+                ["queue_full", "link_down", "refused", "too_large"]
                     .iter()
                     .map(|r| self.metric(&format!("rfc6455_broker_dropped_total{{reason=\"{r}\"}}"))),
             )
             .sum()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit.
+    fn terminate(mut self, within: Duration) -> Duration {
+        let started = Instant::now();
+        signal(&self.process.child, "TERM");
+        loop {
+            if let Some(status) = self.process.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < within, "still running {within:?} after SIGTERM");
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -140,12 +154,19 @@ fn redis_rooms_span_processes_byte_exact() {
     wait_for("one subscriber of /alone", || redis.numsub(&channel("/alone")) == 1);
     exchange(&mut a, &mut [&mut b, &mut d], &mut e, &mut [&mut c]);
     alone.send_text("nobody hears this").unwrap();
-    // 4 assorted + 2 markers + 1 alone.
-    wait_for("7 publishes", || redis.publish_calls() == 7);
-    assert_eq!(redis.publish_calls(), 7, "one PUBLISH per message");
-    wait_for("the received counters", || nodes.iter().map(|n| n.metric("rfc6455_broker_received_total")).sum::<u64>() == 4 * 2 + 2 + 1);
+    // Over the broker's limit (1 MiB by default): it stays local.
+    a.send_binary(&vec![7; (1 << 20) + 1]).unwrap();
+    a.send_text("after the big one").unwrap();
+    assert_eq!(next_message(&mut b).1, b"after the big one");
+    assert_eq!(nodes[0].metric("rfc6455_broker_dropped_total{reason=\"too_large\"}"), 1);
+    // 4 assorted + 2 markers + 1 alone + 1 after.
+    wait_for("8 publishes", || redis.publish_calls() == 8);
+    assert_eq!(redis.publish_calls(), 8, "one PUBLISH per message");
+    // Assorted to b and d, b's marker to a and d, e's to c, the last one to b and d.
+    let received = 4 * 2 + 2 + 1 + 2;
+    wait_for("the received counters", || nodes.iter().map(|n| n.metric("rfc6455_broker_received_total")).sum::<u64>() == received);
+    assert_eq!(nodes[1].lost() + nodes[2].lost(), 0);
     for n in &nodes {
-        assert_eq!(n.lost(), 0);
         assert_eq!(n.metric("rfc6455_broker_up"), 1);
     }
 }
@@ -402,6 +423,49 @@ fn a_killed_node_leaves_the_others_working() {
     }
 }
 
+/// A node stopped with SIGTERM closes its clients, unsubscribes its rooms and exits
+/// at once.
+#[test]
+fn a_stopped_node_unsubscribes_and_exits() {
+    let redis = Redis::start();
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url())).collect();
+    let (mut a, mut b) = (nodes[0].client("/lobby"), nodes[1].client("/lobby"));
+    wait_for("both nodes subscribed", || redis.numsub(&channel("/lobby")) == 2);
+    // The client answers the close (a graceful shutdown waits for it).
+    let closing = thread::spawn(move || next_closed(&mut a).code());
+    let mut nodes = nodes.into_iter();
+    let took = nodes.next().unwrap().terminate(WAIT);
+    eprintln!("a node with a client and a broker link stopped in {took:?}");
+    assert_eq!(closing.join().unwrap(), CloseCode::GOING_AWAY);
+    assert_eq!(redis.numsub(&channel("/lobby")), 1);
+    b.send_text("still here").unwrap();
+    wait_for("its publication", || redis.publish_calls() == 1);
+}
+
+/// NATS stops reading (SIGSTOP) while a node publishes large messages: the node's
+/// loops keep relaying locally, and SIGTERM still stops it promptly.
+#[test]
+fn nats_stopped_never_holds_a_node() {
+    let nats = Nats::start();
+    let node = Node::start(&nats.url());
+    let (mut a, mut local) = (node.client("/lobby"), node.client("/lobby"));
+    wait_for("the node subscribed", || nats.subjects(&channel("/lobby")).len() == 1);
+    signal(&nats.child, "STOP");
+    let big = vec![1u8; 60_000];
+    for _ in 0..400 {
+        a.send_binary(&big).unwrap();
+        assert_eq!(next_message(&mut local).1.len(), big.len());
+    }
+    // The clients leave first: the shutdown then waits for the bridge alone.
+    for mut c in [a, local] {
+        c.close(CloseCode::NORMAL, "").unwrap();
+        next_closed(&mut c);
+    }
+    let took = node.terminate(WAIT);
+    eprintln!("stopped in {took:?} with NATS not reading");
+    signal(&nats.child, "CONT");
+}
+
 /// The same over NATS: byte-exact (1 MiB payloads: the test server allows 8 MiB), no
 /// echo, no leak; and no subscription left once everyone has left.
 #[test]
@@ -410,13 +474,18 @@ fn nats_rooms_span_processes_byte_exact() {
     let nodes: Vec<Node> = (0..2).map(|_| Node::start(&nats.url())).collect();
     let (mut a, mut b) = (nodes[0].client("/lobby"), nodes[1].client("/lobby"));
     let (mut c, mut e) = (nodes[1].client("/other"), nodes[0].client("/other"));
-    wait_for("both nodes subscribed to both rooms", || nats.subjects("rfc6455.").len() == 4);
+    // A room whose escaped name would be too long for a NATS subject: named by its hash.
+    let long = "/".repeat(1500);
+    let (mut l0, mut l1) = (nodes[0].client(&long), nodes[1].client(&long));
+    wait_for("both nodes subscribed to the three rooms", || nats.subjects("rfc6455.").len() == 6);
     exchange(&mut a, &mut [&mut b], &mut e, &mut [&mut c]);
-    assert_eq!(nats.in_msgs(), 6, "one publication per message");
+    l0.send_text("long room").unwrap();
+    assert_eq!(next_message(&mut l1).1, b"long room");
+    assert_eq!(nats.in_msgs(), 7, "one publication per message");
     for n in &nodes {
         assert_eq!(n.lost(), 0);
     }
-    for mut cl in [a, b, c, e] {
+    for mut cl in [a, b, c, e, l0, l1] {
         cl.close(CloseCode::NORMAL, "").unwrap();
         next_closed(&mut cl);
     }
@@ -518,7 +587,7 @@ fn redis_password_from_the_url_or_the_environment() {
 #[test]
 fn bad_broker_arguments_are_refused() {
     for (args, says) in [
-        (&["--broker", "http://127.0.0.1:1"][..], "neither redis://"),
+        (&["--broker", "http://127.0.0.1:1"][..], "use redis://HOST:PORT"),
         (&["--broker", "redis://"][..], "bad broker URL"),
         (&["--broker", "redis://127.0.0.1", "--broker-prefix", "a.b"][..], "bad broker channel prefix"),
         (&["--broker-prefix", "x"][..], "--broker"),

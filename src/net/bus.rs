@@ -9,8 +9,8 @@
 //! already waiting there: at most one job per lane is pending, so the bus never fills
 //! an inbox, and a loop that falls behind takes everything waiting in one go.
 //! Interest changes and messages from one loop reach every other loop in order, so
-//! per-sender order holds. A lane holds at most 65,536 items: beyond, messages for it
-//! are dropped and counted; interest changes are always kept, so the tables never go
+//! per-sender order holds. A lane holds at most 65,536 messages and 64 MiB of frames:
+//! beyond, messages for it are dropped and counted; interest changes are always kept, so the tables never go
 //! stale. Each loop reads only its own table.
 //!
 //! The window: a member that joins on one loop misses what other loops relay before
@@ -69,30 +69,57 @@ pub(crate) trait BusMember: Sized + 'static {
 /// lane, so the bus never fills an inbox, however far behind a loop falls.
 #[derive(Debug, Default)]
 struct Lane {
-    items: Mutex<Vec<BusItem>>,
+    queued: Mutex<Queued>,
     scheduled: AtomicBool,
 }
 
-/// Items a lane holds at most; beyond, a turn's messages for it are dropped (counted)
-/// and its interest changes kept.
+/// What waits in a lane, and the bytes of its messages' frames.
+#[derive(Debug, Default)]
+struct Queued {
+    items: Vec<BusItem>,
+    bytes: usize,
+}
+
+/// Messages a lane holds at most, and the bytes of their frames; beyond either, a
+/// turn's messages for it are dropped (counted) and its interest changes kept.
 const LANE_MAX: usize = 1 << 16;
+const LANE_MAX_BYTES: usize = 64 << 20;
+
+impl BusItem {
+    /// The bytes a queued item holds (its frames).
+    fn bytes(&self) -> usize {
+        match self {
+            BusItem::Message { frames, .. } => {
+                frames.plain.as_ref().map_or(0, |f| f.as_bytes().len()) + frames.compressed.as_ref().map_or(0, |f| f.as_bytes().len())
+            }
+            BusItem::Interest { .. } => 0,
+        }
+    }
+}
 
 impl Lane {
-    /// Appends `items` in order; messages beyond [`LANE_MAX`] are dropped and counted
-    /// in `dropped`, interest changes always kept. Returns the messages appended.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `items` in order; messages beyond [`LANE_MAX`] or [`LANE_MAX_BYTES`] are
+    /// dropped and counted in `dropped`, interest changes always kept. Returns the
+    /// messages appended.
     fn append(&self, items: &mut Vec<BusItem>, dropped: &AtomicU64) -> u64 {
-        let mut queued = self.items.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut queued = self.lock();
         let mut appended = 0;
         for item in items.drain(..) {
+            let bytes = item.bytes();
             match item {
-                BusItem::Message { .. } if queued.len() >= LANE_MAX => {
+                BusItem::Message { .. } if queued.items.len() >= LANE_MAX || queued.bytes + bytes > LANE_MAX_BYTES => {
                     dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 BusItem::Message { .. } => {
                     appended += 1;
-                    queued.push(item);
+                    queued.bytes += bytes;
+                    queued.items.push(item);
                 }
-                BusItem::Interest { .. } => queued.push(item),
+                BusItem::Interest { .. } => queued.items.push(item),
             }
         }
         appended
@@ -100,14 +127,14 @@ impl Lane {
 
     /// Whether nothing waits in the lane.
     fn is_empty(&self) -> bool {
-        self.items.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+        self.lock().items.is_empty()
     }
 
     /// Takes everything waiting, and lets the next append schedule a new taker.
     fn take(&self) -> Vec<BusItem> {
         // Cleared before taking: items added after the take schedule a new job.
         self.scheduled.store(false, Ordering::Release);
-        std::mem::take(&mut *self.items.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(&mut *self.lock()).items
     }
 }
 
@@ -269,6 +296,11 @@ impl<H: BusMember> Bus<H> {
         if self.to_bridge.is_empty() {
             return;
         }
+        if bridge.closed.load(Ordering::Acquire) {
+            let lost = self.to_bridge.drain(..).filter(|it| matches!(it, BusItem::Message { .. })).count() as u64;
+            bridge.stats.dropped_link_down.fetch_add(lost, Ordering::Relaxed);
+            return;
+        }
         let lane = &bridge.from_loops[self.me];
         lane.append(&mut self.to_bridge, &bridge.stats.dropped_queue);
         if !lane.scheduled.swap(true, Ordering::AcqRel) {
@@ -320,6 +352,8 @@ pub(crate) struct BridgePort<H> {
     wake: Box<dyn Fn() + Send + Sync>,
     /// Lanes to loops whose inbox was full: handed over again by [`BridgePort::retry`].
     pending: AtomicU64,
+    /// The bridge has stopped: the loops queue nothing more for it.
+    closed: AtomicBool,
     pub(crate) stats: Arc<BrokerStats>,
 }
 
@@ -340,6 +374,7 @@ impl<H: BusMember> BridgePort<H> {
             inboxes,
             wake,
             pending: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
             stats,
         }
     }
@@ -367,6 +402,15 @@ impl<H: BusMember> BridgePort<H> {
             let mut item = vec![BusItem::Message { room: room.clone(), kind, frames }];
             lane.append(&mut item, &self.stats.dropped_queue);
             self.hand_over(i);
+        }
+    }
+
+    /// The bridge has stopped taking items: the loops drop them from now on (counted).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for lane in &self.from_loops {
+            let lost = lane.take().iter().filter(|it| matches!(it, BusItem::Message { .. })).count() as u64;
+            self.stats.dropped_link_down.fetch_add(lost, Ordering::Relaxed);
         }
     }
 

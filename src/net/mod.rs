@@ -26,7 +26,9 @@ mod relay;
 mod server;
 mod tls;
 
-pub use broker::{Bridge, BrokerConfig, BrokerError, BrokerKind, BrokerStats};
+pub use broker::{
+    Bridge, BrokerConfig, BrokerError, BrokerKind, BrokerStats, DEFAULT_MAX_BROKER_MESSAGE, PASSWORD_ENV as BROKER_PASSWORD_ENV,
+};
 pub use client::{Client, ClientError, ClientOptions, ClientWaker};
 pub use group::ServerGroup;
 pub use handler::{ConnId, Ctx, Handler};

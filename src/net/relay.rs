@@ -193,8 +193,9 @@ impl Relay {
     /// it after [`ServerGroup::bind`] and before [`ServerGroup::run`]. The semantics
     /// stay those of one loop: no echo to the sender, per-sender order for every
     /// recipient; a member that has just joined misses what other loops relay before
-    /// they learn of it (their next turn). A loop 65,536 items behind loses messages
-    /// sent to it, counted (`rfc6455_bus_dropped_total`); interest changes are kept.
+    /// they learn of it (their next turn). A loop 65,536 messages (or 64 MiB) behind
+    /// loses messages sent to it, counted (`rfc6455_bus_dropped_total`); interest
+    /// changes are kept.
     pub fn link(group: &mut ServerGroup<Relay>) {
         let loops = group.loops_mut();
         let inboxes = loops.iter().map(Server::inbox).collect();
@@ -213,7 +214,10 @@ impl Relay {
     pub fn link_with_broker(group: &mut ServerGroup<Relay>, broker: &BrokerConfig) -> Result<Bridge, BrokerError> {
         let loops = group.loops_mut();
         let inboxes: Vec<_> = loops.iter().map(Server::inbox).collect();
-        let (bridge, port) = broker::start(broker, inboxes.clone())?;
+        // Nothing larger than the relay itself accepts crosses.
+        let limit = loops.first().map_or(usize::MAX, Server::max_message_size);
+        let broker = broker.clone().max_message_size(broker.max_message_size_or_less(limit));
+        let (bridge, port) = broker::start(&broker, inboxes.clone())?;
         for (server, mut bus) in loops.iter_mut().zip(Bus::link(inboxes).unwrap_or_default()) {
             bus.attach(port.clone());
             server.handler_mut().bus = Some(bus);

@@ -342,6 +342,11 @@ impl<H: Handler> Server<H> {
         ShutdownHandle { flag: self.shutdown.clone(), wakers: vec![self.waker.clone()] }
     }
 
+    /// The largest message the loop's connections accept.
+    pub(crate) fn max_message_size(&self) -> usize {
+        self.cfg.engine.max_message_size
+    }
+
     /// A handle that runs work on the loop from other threads.
     pub fn inbox(&self) -> Inbox<H> {
         Inbox { tx: self.inbox_tx.clone(), waker: self.waker.clone(), stats: self.stats.clone() }

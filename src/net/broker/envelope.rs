@@ -81,18 +81,27 @@ pub(crate) enum Verdict {
     Duplicate,
 }
 
-/// The receiving end's view of every stream it hears: (origin, room) -> the epoch and
-/// the last sequence number delivered. Entries of a room go when it is unsubscribed.
+/// Streams a receiver remembers per room (beyond, the oldest-seen is forgotten: its
+/// next message starts it again, with no gap counted).
+const ORIGINS_PER_ROOM: usize = 1024;
+/// The most messages one envelope may say were missed (a forged sequence number must
+/// not wrap the counter).
+const MAX_GAP: u64 = 1 << 32;
+
+/// The receiving end's view of every stream it hears: for each subscribed room, for
+/// each origin, the epoch and the last sequence number delivered. A room's entries go
+/// when it is unsubscribed (one removal); a room keeps at most
+/// [`ORIGINS_PER_ROOM`] origins (processes that restarted leave theirs behind).
 #[derive(Debug)]
 pub(crate) struct Streams {
     me: u64,
-    last: HashMap<(u64, Arc<str>), (u64, u64)>,
+    rooms: HashMap<Arc<str>, HashMap<u64, (u64, u64)>>,
 }
 
 impl Streams {
     /// Streams heard by the process whose origin id is `me`.
     pub(crate) fn new(me: u64) -> Self {
-        Self { me, last: HashMap::new() }
+        Self { me, rooms: HashMap::new() }
     }
 
     /// Judges an envelope of `room` and remembers it if it is delivered. The first
@@ -102,20 +111,35 @@ impl Streams {
         if env.origin == self.me {
             return Verdict::Own;
         }
-        let key = (env.origin, room.clone());
-        let missed = match self.last.get(&key) {
-            Some(&(epoch, last)) if epoch == env.epoch && env.seq <= last => return Verdict::Duplicate,
-            Some(&(epoch, last)) if epoch == env.epoch => env.seq - last - 1,
-            Some(&(epoch, _)) if env.epoch < epoch => return Verdict::Duplicate,
-            _ => 0,
+        let origins = match self.rooms.get_mut(room) {
+            Some(origins) => origins,
+            None => self.rooms.entry(room.clone()).or_default(),
         };
-        self.last.insert(key, (env.epoch, env.seq));
+        let missed = match origins.get(&env.origin) {
+            Some(&(epoch, last)) if epoch == env.epoch && env.seq <= last => return Verdict::Duplicate,
+            Some(&(epoch, last)) if epoch == env.epoch => (env.seq - last - 1).min(MAX_GAP),
+            Some(&(epoch, _)) if env.epoch < epoch => return Verdict::Duplicate,
+            Some(_) => 0,
+            None => {
+                if origins.len() >= ORIGINS_PER_ROOM {
+                    let evicted = origins.keys().next().copied();
+                    evicted.map(|o| origins.remove(&o));
+                }
+                0
+            }
+        };
+        origins.insert(env.origin, (env.epoch, env.seq));
         Verdict::Deliver { missed }
     }
 
     /// Forgets the streams of `room` (unsubscribed: what it misses now is not a gap).
     pub(crate) fn forget(&mut self, room: &str) {
-        self.last.retain(|(_, r), _| &**r != room);
+        self.rooms.remove(room);
+    }
+
+    /// Forgets the streams of every room but those `keep` says to keep.
+    pub(crate) fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.rooms.retain(|room, _| keep(room));
     }
 }
 
@@ -185,8 +209,19 @@ mod tests {
         assert_eq!(s.judge(&room, &env(1, 5, 15)), Verdict::Deliver { missed: 3 });
         assert_eq!(s.judge(&room, &env(1, 4, 99)), Verdict::Duplicate);
         assert_eq!(s.judge(&room, &env(1, 6, 1)), Verdict::Deliver { missed: 0 });
+        assert_eq!(s.judge(&room, &env(1, 6, u64::MAX)), Verdict::Deliver { missed: MAX_GAP });
         s.forget("/r");
         assert_eq!(s.judge(&room, &env(1, 6, 50)), Verdict::Deliver { missed: 0 });
+    }
+
+    #[test]
+    fn a_room_remembers_a_bounded_number_of_origins() {
+        let room: Arc<str> = Arc::from("/r");
+        let mut s = Streams::new(0);
+        for origin in 1..=ORIGINS_PER_ROOM as u64 + 10 {
+            assert_eq!(s.judge(&room, &env(origin, 1, 1)), Verdict::Deliver { missed: 0 });
+        }
+        assert_eq!(s.rooms["/r"].len(), ORIGINS_PER_ROOM);
     }
 
     #[test]

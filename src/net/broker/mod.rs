@@ -38,8 +38,18 @@ use crate::net::bus::{BridgePort, BusItem, BusMember};
 use crate::net::metrics::{Histogram, MetricKind, Metrics};
 use crate::net::server::Inbox;
 
-/// The environment variable a broker password may come from (when the URL has none).
+/// The environment variable the `rfc6455` program reads a broker password from (when
+/// the URL has none).
 pub const PASSWORD_ENV: &str = "RFC6455_BROKER_PASSWORD";
+
+/// Payload bytes a message may have to cross the broker, by default (Redis drops a
+/// subscriber whose pending output passes 8 MiB for a minute or 32 MiB at once; NATS
+/// servers refuse more than 1 MiB by default).
+pub const DEFAULT_MAX_BROKER_MESSAGE: usize = 1 << 20;
+
+/// Escaped rooms longer than this are named by their hash (NATS refuses control lines
+/// over 4 KiB; long channel names cost every message).
+const MAX_ESCAPED_ROOM: usize = 200;
 
 /// Which broker a [`BrokerConfig`] names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,22 +108,20 @@ impl fmt::Display for BrokerError {
 impl std::error::Error for BrokerError {}
 
 impl BrokerConfig {
-    /// Reads `redis://[:PASSWORD@]HOST[:PORT][/DB]` or `nats://[USER:PASSWORD@]HOST[:PORT]`.
-    /// Without a password in the URL, [`PASSWORD_ENV`] gives one if set. The channel
-    /// prefix is `rfc6455`.
+    /// Reads `redis://[:PASSWORD@]HOST[:PORT][/DB]` (pub/sub ignores the database: the
+    /// prefix separates deployments) or `nats://[USER:PASSWORD@|TOKEN@]HOST[:PORT]`.
+    /// The channel prefix is `rfc6455`; messages up to [`DEFAULT_MAX_BROKER_MESSAGE`]
+    /// cross.
     pub fn parse(url: &str) -> Result<Self, BrokerError> {
         let kind = match url.split_once("://").map(|(scheme, _)| scheme) {
             Some("redis") => BrokerKind::Redis,
             Some("nats") => BrokerKind::Nats,
-            _ => return Err(BrokerError::Url(format!("{url:?} is neither redis://HOST:PORT nor nats://HOST:PORT"))),
+            // Not the whole URL: it may hold a password.
+            Some(scheme) => return Err(BrokerError::Url(format!("scheme {scheme:?}: use redis://HOST:PORT or nats://HOST:PORT"))),
+            None => return Err(BrokerError::Url("use redis://HOST:PORT or nats://HOST:PORT".to_owned())),
         };
-        let cfg = Self {
-            kind,
-            url: url.to_owned(),
-            prefix: "rfc6455".to_owned(),
-            password: std::env::var(PASSWORD_ENV).ok().filter(|p| !p.is_empty()),
-            max_message_size: crate::Config::default().max_message_size,
-        };
+        let cfg =
+            Self { kind, url: url.to_owned(), prefix: "rfc6455".to_owned(), password: None, max_message_size: DEFAULT_MAX_BROKER_MESSAGE };
         cfg.check_url()?;
         Ok(cfg)
     }
@@ -128,17 +136,23 @@ impl BrokerConfig {
         Ok(self)
     }
 
-    /// The password, when the URL has none (it overrides [`PASSWORD_ENV`]).
+    /// The password (Redis `AUTH`) or token (NATS), used when the URL has none.
     pub fn password(mut self, password: impl Into<String>) -> Self {
         self.password = Some(password.into());
         self
     }
 
-    /// Messages from the broker larger than this are dropped (counted); set it to the
-    /// relay's own limit (the default is [`crate::Config`]'s).
+    /// The largest payload that crosses the broker (default
+    /// [`DEFAULT_MAX_BROKER_MESSAGE`]; never more than the relay's own limit): larger
+    /// messages stay local and are counted, larger ones from the broker are dropped.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
+    }
+
+    /// The broker's limit, or `limit` if smaller.
+    pub(crate) fn max_message_size_or_less(&self, limit: usize) -> usize {
+        self.max_message_size.min(limit)
     }
 
     /// Which broker.
@@ -146,13 +160,15 @@ impl BrokerConfig {
         self.kind
     }
 
-    /// The URL with any password replaced by `***` (for logs).
+    /// The URL with any password or token replaced by `***` (for logs).
     pub fn display_url(&self) -> String {
         let Some((scheme, rest)) = self.url.split_once("://") else { return self.url.clone() };
         let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
         let authority = match authority.rsplit_once('@') {
             Some((user, host)) => match user.split_once(':') {
                 Some((name, _)) => format!("{name}:***@{host}"),
+                // nats://TOKEN@HOST
+                None if self.kind == BrokerKind::Nats => format!("***@{host}"),
                 None => format!("{user}@{host}"),
             },
             None => authority.to_owned(),
@@ -164,15 +180,28 @@ impl BrokerConfig {
     /// The broker's channel (Redis) or subject (NATS) for `room`: the prefix, `.room.`,
     /// then the room with every byte other than a letter, digit, `-` or `_` written
     /// `%XX` (no wildcard, separator or space reaches the broker; distinct rooms get
-    /// distinct channels).
+    /// distinct channels). An empty room, or one longer than 200 bytes so written, is
+    /// named `h.` and the hex SHA-256 of the room instead (escaped rooms have no `.`).
     pub fn channel(&self, room: &str) -> String {
         use std::fmt::Write;
         let mut name = format!("{}.room.", self.prefix);
+        let start = name.len();
         for b in room.bytes() {
             if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
                 name.push(b as char);
             } else {
                 let _ = write!(name, "%{b:02X}");
+            }
+            if name.len() - start > MAX_ESCAPED_ROOM {
+                break;
+            }
+        }
+        if room.is_empty() || name.len() - start > MAX_ESCAPED_ROOM {
+            use sha2::Digest;
+            name.truncate(start);
+            name.push_str("h.");
+            for b in sha2::Sha256::digest(room.as_bytes()) {
+                let _ = write!(name, "{b:02x}");
             }
         }
         name
@@ -194,8 +223,10 @@ impl BrokerConfig {
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct BrokerStats {
-    /// The link to the broker is up (publishing and subscribed).
-    pub up: AtomicBool,
+    /// The publishing link is up.
+    pub(crate) publisher_up: AtomicBool,
+    /// The subscribing link is up (and subscribed to every room).
+    pub(crate) subscriber_up: AtomicBool,
     /// Times a link was established again after it was lost (or never came up).
     pub reconnects: AtomicU64,
     /// Connection attempts that failed (refused, timed out, authentication).
@@ -210,8 +241,11 @@ pub struct BrokerStats {
     pub duplicates: AtomicU64,
     /// Messages dropped because a queue between the loops and the bridge was full.
     pub dropped_queue: AtomicU64,
-    /// Messages not published because the link was down.
+    /// Messages not published because the link was down (or whose fate is unknown:
+    /// the link failed while they were on their way).
     pub dropped_link_down: AtomicU64,
+    /// Messages the broker refused (an error reply, such as an ACL denial).
+    pub dropped_refused: AtomicU64,
     /// Messages over the size limit (the relay's, or the broker's when publishing).
     pub dropped_too_large: AtomicU64,
     /// Broker messages that were not a valid envelope (dropped).
@@ -223,19 +257,23 @@ pub struct BrokerStats {
 }
 
 impl BrokerStats {
+    /// Whether the link is up: publishing, and subscribed to every room.
+    pub fn up(&self) -> bool {
+        self.publisher_up.load(Ordering::Acquire) && self.subscriber_up.load(Ordering::Acquire)
+    }
+
     /// Messages the broker link lost or refused, as seen by this process: gaps plus
     /// everything dropped.
     pub fn lost(&self) -> u64 {
-        [&self.gaps, &self.dropped_queue, &self.dropped_link_down, &self.dropped_too_large].iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        [&self.gaps, &self.dropped_queue, &self.dropped_link_down, &self.dropped_refused, &self.dropped_too_large]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub(crate) fn write_metrics(&self, m: &mut Metrics) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        m.gauge(
-            "rfc6455_broker_up",
-            "1 while the broker link is up (publishing and subscribed).",
-            u64::from(self.up.load(Ordering::Relaxed)),
-        );
+        m.gauge("rfc6455_broker_up", "1 while the broker link is up (publishing and subscribed).", u64::from(self.up()));
         m.counter("rfc6455_broker_reconnects_total", "Broker links established again after a loss.", get(&self.reconnects));
         m.counter("rfc6455_broker_connect_failures_total", "Broker connection attempts that failed.", get(&self.connect_failures));
         m.counter("rfc6455_broker_published_total", "Messages published to the broker (once per message).", get(&self.published));
@@ -244,9 +282,12 @@ impl BrokerStats {
         m.counter("rfc6455_broker_duplicates_total", "Messages from the broker that arrived twice (dropped).", get(&self.duplicates));
         m.counter("rfc6455_broker_malformed_total", "Broker messages that were not a valid envelope.", get(&self.malformed));
         if m.family("rfc6455_broker_dropped_total", MetricKind::Counter, "Messages dropped on the way to or from the broker, by reason.") {
-            for (reason, c) in
-                [("queue_full", &self.dropped_queue), ("link_down", &self.dropped_link_down), ("too_large", &self.dropped_too_large)]
-            {
+            for (reason, c) in [
+                ("queue_full", &self.dropped_queue),
+                ("link_down", &self.dropped_link_down),
+                ("refused", &self.dropped_refused),
+                ("too_large", &self.dropped_too_large),
+            ] {
                 m.sample("rfc6455_broker_dropped_total", &[("reason", reason)], get(c));
             }
         }
@@ -256,6 +297,7 @@ impl BrokerStats {
 }
 
 /// A running bridge: stops (unsubscribing everything) when dropped or [`Bridge::stop`]ped.
+#[must_use = "dropping the bridge stops sharing rooms"]
 pub struct Bridge {
     url: String,
     stop: Arc<AtomicBool>,
@@ -285,12 +327,24 @@ impl Bridge {
     pub fn stop(self) {}
 }
 
+/// How long dropping a bridge waits for its threads (a broker that stopped answering
+/// holds a thread up to a command's timeout; beyond, the threads are left to end).
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 impl Drop for Bridge {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         (self.wake)();
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                log::warn!("broker {}: the bridge did not stop in {STOP_WAIT:?}; leaving it", self.url);
+            }
         }
     }
 }
@@ -381,31 +435,48 @@ fn not_built(kind: BrokerKind) -> BrokerError {
     })
 }
 
-/// The channels the process needs now: for each, its room and the loops with members
-/// in it (a bit set). The publishing side writes it as rooms come and go; the
-/// receiving side reads it per message, and subscribes to match it.
+/// The channels the process needs now: for each, its room, the loops with members in
+/// it (a bit set) and a generation (a room that empties and fills again is a new
+/// one). The publishing side writes it as rooms come and go; the receiving side reads
+/// it per message, and subscribes to match it.
 #[derive(Debug, Default)]
 pub(crate) struct Routes {
-    table: Mutex<HashMap<Arc<str>, Route>>,
+    table: Mutex<RouteTable>,
     /// The set of channels changed since the receiving side last matched it.
     changed: AtomicBool,
 }
 
-/// A channel's room and the loops with members in it.
+#[derive(Debug, Default)]
+struct RouteTable {
+    routes: HashMap<Arc<str>, Route>,
+    next_generation: u64,
+}
+
+/// A channel's room, the loops with members in it, its generation.
 #[derive(Clone, Debug)]
 pub(crate) struct Route {
     pub(crate) room: Arc<str>,
     pub(crate) loops: u64,
+    pub(crate) generation: u64,
+}
+
+/// What the receiving side must do to match the routes.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// Channels to subscribe.
+    pub(crate) subscribe: Vec<Arc<str>>,
+    /// Channels to unsubscribe.
+    pub(crate) unsubscribe: Vec<Arc<str>>,
 }
 
 impl Routes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Route>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RouteTable> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The route of `channel`, if the process still needs it.
     pub(crate) fn get(&self, channel: &str) -> Option<Route> {
-        self.lock().get(channel).cloned()
+        self.lock().routes.get(channel).cloned()
     }
 
     /// Whether the set of channels changed since the last call (and clears it).
@@ -417,14 +488,32 @@ impl Routes {
     pub(crate) fn mark_changed(&self) {
         self.changed.store(true, Ordering::Release);
     }
+}
 
-    /// What to subscribe and unsubscribe for `subscribed` (channel -> room) to match
-    /// the table.
-    pub(crate) fn diff(&self, subscribed: &HashMap<Arc<str>, Arc<str>>) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-        let table = self.lock();
-        let add = table.keys().filter(|c| !subscribed.contains_key(*c)).cloned().collect();
-        let remove = subscribed.keys().filter(|c| !table.contains_key(*c)).cloned().collect();
-        (add, remove)
+impl RouteTable {
+    /// Loop `from` has members in `room` (on `channel`) now.
+    fn join(&mut self, channel: &Arc<str>, room: &Arc<str>, from: usize) -> bool {
+        let bit = 1u64 << from;
+        if let Some(route) = self.routes.get_mut(channel) {
+            route.loops |= bit;
+            return false;
+        }
+        self.next_generation += 1;
+        let route = Route { room: room.clone(), loops: bit, generation: self.next_generation };
+        self.routes.insert(channel.clone(), route);
+        true
+    }
+
+    /// Loop `from` has no members in the room of `channel` any more; true if the room
+    /// has none left in the process (its route is gone).
+    fn leave(&mut self, channel: &str, from: usize) -> bool {
+        let Some(route) = self.routes.get_mut(channel) else { return false };
+        route.loops &= !(1u64 << from);
+        if route.loops != 0 {
+            return false;
+        }
+        self.routes.remove(channel);
+        true
     }
 }
 
@@ -435,23 +524,32 @@ pub(crate) struct Publish {
     pub(crate) bytes: Vec<u8>,
 }
 
-/// The publishing side's state: each room's channel and loops, and its numbering.
+/// The publishing side's state: each room's channel, and its numbering.
 #[derive(Debug)]
 pub(crate) struct Outbound {
     origin: u64,
     cfg: BrokerConfig,
-    rooms: HashMap<Arc<str>, (Arc<str>, u64)>,
+    channels: HashMap<Arc<str>, Arc<str>>,
     numbering: Numbering,
     routes: Arc<Routes>,
+    stats: Arc<BrokerStats>,
 }
 
 impl Outbound {
     pub(crate) fn new<H>(job: &Job<H>) -> Self {
-        Self { origin: job.origin, cfg: job.cfg.clone(), rooms: HashMap::new(), numbering: Numbering::new(), routes: job.routes.clone() }
+        Self {
+            origin: job.origin,
+            cfg: job.cfg.clone(),
+            channels: HashMap::new(),
+            numbering: Numbering::new(),
+            routes: job.routes.clone(),
+            stats: job.port.stats.clone(),
+        }
     }
 
     /// Applies what the loops queued: interest changes update the routes (and the set
-    /// of channels), messages become envelopes to publish, in order.
+    /// of channels), messages become envelopes to publish, in order. A message larger
+    /// than the broker's limit stays local (counted, and no sequence number spent).
     pub(crate) fn absorb(&mut self, items: Vec<BusItem>) -> Vec<Publish> {
         let now = unix_micros();
         let mut out = Vec::new();
@@ -459,10 +557,14 @@ impl Outbound {
             match item {
                 BusItem::Interest { room, from, member } => self.interest(room, from, member),
                 BusItem::Message { room, kind, frames } => {
-                    let (Some((channel, _)), Some(frame)) = (self.rooms.get(&room), frames.plain) else {
+                    let (Some(channel), Some(frame)) = (self.channels.get(&room), frames.plain) else {
                         debug!("broker: a message for {room:?}, which has no members here");
                         continue;
                     };
+                    if frame.payload().len() > self.cfg.max_message_size {
+                        self.stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let (epoch, seq) = self.numbering.next(&room);
                     let env = Envelope { kind, origin: self.origin, epoch, seq, micros: now, payload: frame.payload() };
                     let mut bytes = Vec::new();
@@ -475,31 +577,25 @@ impl Outbound {
     }
 
     fn interest(&mut self, room: Arc<str>, from: usize, member: bool) {
-        let bit = 1u64 << from;
         let mut table = self.routes.lock();
         if member {
-            let (channel, loops) = self.rooms.entry(room.clone()).or_insert_with(|| (Arc::from(self.cfg.channel(&room)), 0));
-            *loops |= bit;
-            let (channel, loops) = (channel.clone(), *loops);
-            if table.insert(channel, Route { room, loops }).is_none() {
+            let channel = self.channels.entry(room.clone()).or_insert_with(|| Arc::from(self.cfg.channel(&room)));
+            if table.join(channel, &room, from) {
                 self.routes.mark_changed();
             }
-        } else if let Some((channel, loops)) = self.rooms.get_mut(&room) {
-            *loops &= !bit;
-            if *loops != 0 {
-                let loops = *loops;
-                if let Some(route) = table.get_mut(channel) {
-                    route.loops = loops;
-                }
-                return;
+        } else if let Some(channel) = self.channels.get(&room) {
+            if table.leave(channel, from) {
+                self.routes.mark_changed();
+                self.channels.remove(&room);
+                self.numbering.end(&room);
             }
-            table.remove(channel);
-            self.routes.mark_changed();
-            self.rooms.remove(&room);
-            self.numbering.end(&room);
         }
     }
 }
+
+/// Envelope timestamps further from this process's clock than this are not timed (a
+/// wrong clock or a forged envelope must not skew the lag histogram).
+const PLAUSIBLE_LAG: Duration = Duration::from_secs(3600);
 
 /// The receiving side's state: the streams heard, and the channels subscribed.
 #[derive(Debug)]
@@ -508,8 +604,8 @@ pub(crate) struct Inbound<H> {
     routes: Arc<Routes>,
     streams: Streams,
     max_message_size: usize,
-    /// Channel -> room, as subscribed on the current link.
-    pub(crate) subscribed: HashMap<Arc<str>, Arc<str>>,
+    /// Channel -> room and generation, as subscribed on the current link.
+    subscribed: HashMap<Arc<str>, (Arc<str>, u64)>,
 }
 
 impl<H: BusMember> Inbound<H> {
@@ -548,35 +644,63 @@ impl<H: BusMember> Inbound<H> {
             Verdict::Deliver { missed } => {
                 stats.gaps.fetch_add(missed, Ordering::Relaxed);
                 stats.received.fetch_add(1, Ordering::Relaxed);
-                stats.lag.observe(Duration::from_micros(unix_micros().saturating_sub(env.micros)));
+                let lag = Duration::from_micros(unix_micros().saturating_sub(env.micros));
+                if env.micros <= unix_micros() + 60_000_000 && lag < PLAUSIBLE_LAG {
+                    stats.lag.observe(lag);
+                }
                 let frame = SharedFrame::new(env.kind, env.payload);
                 self.port.deliver(route.loops, &route.room, env.kind, &frame);
             }
         }
     }
 
-    /// What to subscribe and unsubscribe now; the unsubscribed rooms' streams are
-    /// forgotten (and the caller must do as told).
-    pub(crate) fn changes(&mut self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-        let (add, remove) = self.routes.diff(&self.subscribed);
-        for channel in &remove {
-            if let Some(room) = self.subscribed.remove(channel) {
-                self.streams.forget(&room);
-            }
-        }
-        for channel in &add {
-            if let Some(route) = self.routes.get(channel) {
-                self.subscribed.insert(channel.clone(), route.room);
+    /// What to subscribe and unsubscribe now, read from the routes in one go. A room
+    /// that left (or left and came back, a new generation) has its streams forgotten:
+    /// what it missed while the process had no members is no gap.
+    pub(crate) fn changes(&mut self) -> Changes {
+        let mut changes = Changes::default();
+        {
+            let table = self.routes.lock();
+            self.subscribed.retain(|channel, (room, generation)| match table.routes.get(channel) {
+                Some(route) if route.generation == *generation => true,
+                Some(route) => {
+                    self.streams.forget(room);
+                    *generation = route.generation;
+                    true
+                }
+                None => {
+                    self.streams.forget(room);
+                    changes.unsubscribe.push(channel.clone());
+                    false
+                }
+            });
+            for (channel, route) in &table.routes {
+                if !self.subscribed.contains_key(channel) {
+                    self.subscribed.insert(channel.clone(), (route.room.clone(), route.generation));
+                    changes.subscribe.push(channel.clone());
+                }
             }
         }
         self.port.stats.subscriptions.store(self.subscribed.len(), Ordering::Relaxed);
-        (add, remove)
+        changes
+    }
+
+    /// `channel` could not be subscribed: it is tried again at the next change.
+    #[cfg_attr(not(feature = "broker-nats"), allow(dead_code))]
+    pub(crate) fn not_subscribed(&mut self, channel: &str) {
+        self.subscribed.remove(channel);
+        self.routes.mark_changed();
+        self.port.stats.subscriptions.store(self.subscribed.len(), Ordering::Relaxed);
     }
 
     /// A new link: nothing is subscribed on it yet (NATS clients resubscribe by
-    /// themselves).
+    /// themselves). Rooms that left while the link was down are forgotten.
     #[cfg_attr(not(feature = "broker-redis"), allow(dead_code))]
     pub(crate) fn relinked(&mut self) {
+        {
+            let table = self.routes.lock();
+            self.streams.retain(|room| table.routes.values().any(|r| &*r.room == room));
+        }
         self.subscribed.clear();
         self.routes.mark_changed();
         self.port.stats.subscriptions.store(0, Ordering::Relaxed);
@@ -610,6 +734,12 @@ mod tests {
         assert_eq!(cfg.channel("/lobby"), "p.room.%2Flobby");
         assert_eq!(cfg.channel("/a.b*>c %"), "p.room.%2Fa%2Eb%2A%3Ec%20%25");
         assert_ne!(cfg.channel("/a_b"), cfg.channel("/a%5Fb"));
+        let hashed = |c: String| c.strip_prefix("p.room.h.").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(hashed(cfg.channel("")));
+        assert!(hashed(cfg.channel(&"/".repeat(1500))));
+        assert!(!hashed(cfg.channel(&"a".repeat(200))));
+        assert!(hashed(cfg.channel(&"a".repeat(201))));
+        assert_ne!(cfg.channel(&"a".repeat(300)), cfg.channel(&"a".repeat(301)));
     }
 
     #[test]
@@ -624,6 +754,12 @@ mod tests {
             max_message_size: 1,
         };
         assert_eq!(cfg.display_url(), "redis://:***@h:1/2");
+        let nats = BrokerConfig { kind: BrokerKind::Nats, url: "nats://t0ken@h:4222".into(), ..cfg.clone() };
+        assert_eq!(nats.display_url(), "nats://***@h:4222");
+        match BrokerConfig::parse("http://u:s3cret@h") {
+            Err(BrokerError::Url(why)) => assert!(!why.contains("s3cret"), "{why}"),
+            other => panic!("{other:?}"),
+        }
         assert!(cfg.clone().prefix("ok-1_2").is_ok());
         assert!(matches!(cfg.clone().prefix("a.b"), Err(BrokerError::Prefix(_))));
         assert!(matches!(cfg.prefix(""), Err(BrokerError::Prefix(_))));

@@ -1,17 +1,19 @@
 //! The NATS driver of the bridge: `async-nats` (the maintained client; the blocking
 //! `nats` crate is deprecated) on a current-thread tokio runtime inside the bridge's
 //! own thread. One task takes what the loops queued when woken and publishes it;
-//! one task per subscribed room forwards its messages; the client reconnects (with
-//! our backoff) and resubscribes by itself. While the link is down, messages are
+//! another keeps the subscriptions in step with the rooms (checked every 10 ms) and
+//! hands what arrives to the loops, fed by one task per subscribed room; the client
+//! reconnects (with our backoff) and resubscribes by itself. While the link is down, messages are
 //! dropped and counted rather than queued for later.
 
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions, Event, Message, ServerAddr, Subscriber};
@@ -25,7 +27,18 @@ use crate::net::bus::BusMember;
 
 /// Messages forwarded from the room tasks and not handled yet.
 const FORWARDED: usize = 4096;
-/// How often the driver looks at the stop flag and at refused hand-overs.
+/// Connecting, and handing a batch to the client, may take this long.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// The client pings the server this often (a dead link is noticed after two).
+const PING_EVERY: Duration = Duration::from_secs(5);
+/// A link that lasted less than this before failing does not reset the backoff.
+const STABLE: Duration = Duration::from_secs(5);
+/// Commands the client queues before `publish` waits.
+const CLIENT_CAPACITY: usize = 4096;
+/// Messages a subscription buffers before the client drops them (a slow consumer:
+/// the gaps show it); async-nats's default.
+const SUBSCRIPTION_CAPACITY: usize = 65_536;
+/// How often the receiver looks at room changes, refused hand-overs and the stop flag.
 const TICK: Duration = Duration::from_millis(10);
 
 pub(super) fn check_url(cfg: &BrokerConfig) -> Result<(), BrokerError> {
@@ -48,28 +61,43 @@ pub(super) fn start<H: BusMember + Send>(job: Job<H>) -> Result<Started, BrokerE
     Ok(Started { threads: vec![thread], wake: Arc::new(move || notify.notify_one()) })
 }
 
-/// Connection options: reconnect forever with our backoff, link state in the counters.
+/// The link's history, for the counters and the backoff.
+#[derive(Default)]
+struct Link {
+    /// When the current (or last) connection came up.
+    connected_at: Mutex<Option<Instant>>,
+    /// Connections in a row that failed soon after they came up (or failed attempts
+    /// before the first one).
+    short_lived: AtomicU32,
+}
+
+/// Connection options: reconnect forever with our backoff (which keeps growing while
+/// links fail soon after coming up), link state in the counters, and a ping often
+/// enough to notice a dead link.
 fn options<H>(job: &Job<H>) -> ConnectOptions {
     let stats = job.port.stats.clone();
     let url = job.cfg.display_url();
-    let connected_before = Arc::new(AtomicBool::new(false));
-    let failures = stats.clone();
+    let link = Arc::new(Link::default());
+    let (failures, delays) = (stats.clone(), link.clone());
     let options = ConnectOptions::new()
         .retry_on_initial_connect()
         .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(2))
+        .connection_timeout(TIMEOUT)
+        .ping_interval(PING_EVERY)
+        .client_capacity(CLIENT_CAPACITY)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         // The server does not send our own messages back.
         .no_echo()
         // Asked before attempt `n` (from 1) of a series: n - 1 have failed.
         .reconnect_delay_callback(move |n| {
-            if n <= 1 {
-                return Duration::ZERO;
+            if n > 1 {
+                failures.connect_failures.fetch_add(1, Ordering::Relaxed);
             }
-            failures.connect_failures.fetch_add(1, Ordering::Relaxed);
-            backoff(n as u32 - 2)
+            let failed = (n as u32).saturating_sub(1) + delays.short_lived.load(Ordering::Relaxed);
+            if failed == 0 { Duration::ZERO } else { backoff(failed - 1) }
         })
         .event_callback(move |event| {
-            on_event(&stats, &connected_before, &url, &event);
+            on_event(&stats, &link, &url, &event);
             async {}
         });
     match &job.cfg.password {
@@ -78,17 +106,27 @@ fn options<H>(job: &Job<H>) -> ConnectOptions {
     }
 }
 
-fn on_event(stats: &BrokerStats, connected_before: &AtomicBool, url: &str, event: &Event) {
+fn on_event(stats: &BrokerStats, link: &Link, url: &str, event: &Event) {
+    let mut connected_at = link.connected_at.lock().unwrap_or_else(PoisonError::into_inner);
     match event {
         Event::Connected => {
-            stats.up.store(true, Ordering::Release);
-            if connected_before.swap(true, Ordering::AcqRel) {
+            stats.publisher_up.store(true, Ordering::Release);
+            stats.subscriber_up.store(true, Ordering::Release);
+            // After a loss, or after failed attempts at the start.
+            if connected_at.is_some() || stats.connect_failures.load(Ordering::Relaxed) > 0 {
                 stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 info!("broker {url}: link up again");
             }
+            *connected_at = Some(Instant::now());
         }
         Event::Disconnected => {
-            stats.up.store(false, Ordering::Release);
+            stats.publisher_up.store(false, Ordering::Release);
+            stats.subscriber_up.store(false, Ordering::Release);
+            if connected_at.is_some_and(|at| at.elapsed() < STABLE) {
+                link.short_lived.fetch_add(1, Ordering::Relaxed);
+            } else {
+                link.short_lived.store(0, Ordering::Relaxed);
+            }
             warn!("broker {url}: link lost; local rooms keep working, reconnecting");
         }
         Event::SlowConsumer(_) => warn!("broker {url}: this bridge is a slow consumer (the gaps counter shows the loss)"),
@@ -102,33 +140,21 @@ async fn run<H: BusMember>(job: Job<H>, addr: ServerAddr, woken: Arc<Notify>) {
         Err(e) => {
             // With retry_on_initial_connect this is a configuration error.
             warn!("broker {}: cannot start the NATS client ({e}); rooms stay local", job.cfg.display_url());
+            job.port.close();
             return;
         }
     };
     tokio::spawn(warn_if_not_connected(client.clone(), job.cfg.display_url()));
-    let mut bridge = Nats { client, outbound: Outbound::new(&job), inbound: Inbound::new(&job), rooms: HashMap::new() };
-    let (tx, mut rx) = mpsc::channel::<(Arc<str>, Message)>(FORWARDED);
-    let mut tick = tokio::time::interval(TICK);
-    while !job.stopped() {
-        tokio::select! {
-            () = woken.notified() => {
-                let batch = bridge.outbound.absorb(job.port.take());
-                bridge.publish(batch, &job).await;
-                if bridge.inbound.routes.take_changed() {
-                    bridge.resubscribe(&tx).await;
-                }
-            }
-            Some((channel, msg)) = rx.recv() => bridge.inbound.receive(&channel, &msg.payload),
-            _ = tick.tick() => bridge.inbound.retry(),
-        }
-    }
-    for (_, task) in bridge.rooms.drain() {
-        task.abort();
-    }
-    // Let the subscribers' unsubscriptions reach the client, then send what it holds
-    // (not waiting on a broker that is gone).
-    tokio::task::yield_now().await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), bridge.client.flush()).await;
+    // Publishing and receiving go on side by side: a large batch to publish never
+    // holds up what arrives.
+    let publisher = Publisher { client: client.clone(), outbound: Outbound::new(&job), job: job.share() };
+    let publishing = tokio::spawn(publisher.run(woken));
+    let receiver = Receiver { client: client.clone(), inbound: Inbound::new(&job), rooms: HashMap::new() };
+    receiver.run(&job).await;
+    let _ = publishing.await;
+    job.port.close();
+    // Send what the client holds (not waiting on a broker that is gone).
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
 }
 
 /// The client connects in the background: says so if it has not after a second.
@@ -139,53 +165,107 @@ async fn warn_if_not_connected(client: Client, url: String) {
     }
 }
 
-/// The driver's state on its thread.
-struct Nats<H> {
+/// The task that publishes what the loops queue.
+struct Publisher<H> {
     client: Client,
     outbound: Outbound,
+    job: Job<H>,
+}
+
+impl<H: BusMember> Publisher<H> {
+    /// Takes the loops' lanes each time they wake it; once the bridge stops, publishes
+    /// what they queued last and returns.
+    async fn run(mut self, woken: Arc<Notify>) {
+        loop {
+            woken.notified().await;
+            let stopping = self.job.stopped();
+            let batch = self.outbound.absorb(self.job.port.take());
+            self.publish(batch).await;
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// Hands `batch` to the client (which sends it in the background), or drops it
+    /// (counted) while the link is down. A client whose queue stays full (a broker
+    /// that stopped reading) gets [`TIMEOUT`] for the whole batch; the rest is dropped.
+    async fn publish(&mut self, batch: Vec<Publish>) {
+        let stats = &self.job.port.stats;
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        let total = batch.len();
+        for (i, p) in batch.into_iter().enumerate() {
+            if self.client.connection_state() != State::Connected {
+                stats.dropped_link_down.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let sent = tokio::time::timeout_at(deadline, self.client.publish(p.channel.to_string(), p.bytes.into()));
+            match sent.await {
+                Ok(Ok(())) => stats.published.fetch_add(1, Ordering::Relaxed),
+                Ok(Err(e)) if matches!(e.kind(), async_nats::client::PublishErrorKind::MaxPayloadExceeded) => {
+                    stats.dropped_too_large.fetch_add(1, Ordering::Relaxed)
+                }
+                Ok(Err(_)) => stats.dropped_link_down.fetch_add(1, Ordering::Relaxed),
+                Err(_) => {
+                    warn!("broker {}: the NATS client has been full for {TIMEOUT:?}", self.job.cfg.display_url());
+                    stats.dropped_link_down.fetch_add((total - i) as u64, Ordering::Relaxed);
+                    return;
+                }
+            };
+        }
+    }
+}
+
+/// The task that keeps the subscriptions in step with the rooms and hands what
+/// arrives to the loops.
+struct Receiver<H> {
+    client: Client,
     inbound: Inbound<H>,
     /// Channel -> the task forwarding its messages (aborting it unsubscribes).
     rooms: HashMap<Arc<str>, JoinHandle<()>>,
 }
 
-impl<H: BusMember> Nats<H> {
-    /// Publishes `batch`, or drops it (counted) while the link is down.
-    async fn publish(&mut self, batch: Vec<Publish>, job: &Job<H>) {
-        let stats = &job.port.stats;
-        for p in batch {
-            if self.client.connection_state() != State::Connected {
-                stats.dropped_link_down.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            match self.client.publish(p.channel.to_string(), p.bytes.into()).await {
-                Ok(()) => stats.published.fetch_add(1, Ordering::Relaxed),
-                Err(e) if matches!(e.kind(), async_nats::client::PublishErrorKind::MaxPayloadExceeded) => {
-                    stats.dropped_too_large.fetch_add(1, Ordering::Relaxed)
+impl<H: BusMember> Receiver<H> {
+    /// Until the bridge stops: messages as they come, room changes and refused
+    /// hand-overs at least every [`TICK`].
+    async fn run(mut self, job: &Job<H>) {
+        let (tx, mut rx) = mpsc::channel::<(Arc<str>, Message)>(FORWARDED);
+        let mut tick = tokio::time::interval(TICK);
+        while !job.stopped() {
+            tokio::select! {
+                Some((channel, msg)) = rx.recv() => self.inbound.receive(&channel, &msg.payload),
+                _ = tick.tick() => {
+                    if self.inbound.routes.take_changed() {
+                        self.resubscribe(&tx).await;
+                    }
+                    self.inbound.retry();
                 }
-                Err(_) => stats.dropped_link_down.fetch_add(1, Ordering::Relaxed),
-            };
+            }
         }
+        for (_, task) in self.rooms.drain() {
+            task.abort(); // its subscriber unsubscribes when dropped
+        }
+        // Let the unsubscriptions reach the client.
+        tokio::task::yield_now().await;
     }
 
     /// Subscribes and unsubscribes to match the process's rooms.
     async fn resubscribe(&mut self, tx: &mpsc::Sender<(Arc<str>, Message)>) {
-        let (add, remove) = self.inbound.changes();
-        for channel in remove {
+        let changes = self.inbound.changes();
+        for channel in changes.unsubscribe {
             if let Some(task) = self.rooms.remove(&channel) {
                 task.abort();
             }
         }
-        for channel in add {
+        for channel in changes.subscribe {
             match self.client.subscribe(channel.to_string()).await {
                 Ok(sub) => {
                     let task = tokio::spawn(forward(channel.clone(), sub, tx.clone()));
                     self.rooms.insert(channel, task);
                 }
                 Err(e) => {
-                    // Tried again at the next change.
                     warn!("broker: cannot subscribe to {channel}: {e}");
-                    self.inbound.subscribed.remove(&channel);
-                    self.inbound.routes.mark_changed();
+                    self.inbound.not_subscribed(&channel);
                 }
             }
         }
