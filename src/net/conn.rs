@@ -191,6 +191,8 @@ impl Conn {
 struct Slot {
     generation: u32,
     conn: Option<Conn>,
+    /// In the dirty list (once per turn, however often it is touched).
+    dirty: bool,
 }
 
 /// The loop's connections, addressed by slot (mio token) or by [`ConnId`].
@@ -199,8 +201,8 @@ pub(crate) struct Conns {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
-    /// Slots touched this turn: flushed at the end of it.
-    pub(crate) dirty: Vec<usize>,
+    /// Slots touched this turn, each once: flushed at the end of it.
+    dirty: Vec<usize>,
     /// Slots to read next turn (budget ran out, resumed, newly accepted).
     pub(crate) reads: Vec<usize>,
 }
@@ -263,7 +265,40 @@ impl Conns {
 
     /// Marks `slot` for flushing at the end of the turn.
     pub(crate) fn touch(&mut self, slot: u32) {
-        self.dirty.push(slot as usize);
+        self.mark(slot as usize);
+    }
+
+    /// Marks `slot` for flushing at the end of the turn; a relay turn touches a
+    /// recipient once per message, and the list gets it once.
+    pub(crate) fn mark(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Whether a slot is marked.
+    pub(crate) fn has_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Moves the marked slots into `batch` (which must be empty) and unmarks them:
+    /// what touches them again goes in the next batch.
+    pub(crate) fn take_dirty(&mut self, batch: &mut Vec<usize>) {
+        std::mem::swap(batch, &mut self.dirty);
+        for &i in batch.iter() {
+            if let Some(s) = self.slots.get_mut(i) {
+                s.dirty = false;
+            }
+        }
+    }
+
+    /// Unmarks every slot.
+    pub(crate) fn clear_dirty(&mut self) {
+        let mut batch = Vec::new();
+        self.take_dirty(&mut batch);
     }
 
     /// Reads `slot` on the next turn.

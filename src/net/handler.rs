@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::net::conn::Conns;
 use crate::net::metrics::{Metrics, TurnCounts};
 use crate::net::policy::Policy;
+use crate::net::pool::Pool;
 use crate::{Accept, CloseCode, Closed, Connection, HttpRequest, MessageKind, Reject, Request, SharedFrame};
 
 /// Identifies a connection within one server. Ids are never reused while the server
@@ -84,6 +85,7 @@ pub struct Ctx<'a> {
     pub(crate) now: Instant,
     pub(crate) policy: &'a Policy,
     pub(crate) counts: &'a mut TurnCounts,
+    pub(crate) pool: &'a mut Pool,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -134,6 +136,7 @@ impl Ctx<'_> {
     fn queue(&mut self, id: ConnId, f: impl FnOnce(&mut Connection) -> bool) -> bool {
         let (policy, now) = (self.policy, self.now);
         let Some(conn) = self.conns.get_mut(id) else { return false };
+        self.pool.lend_output(conn);
         let ok = policy.admit(conn, now) && f(&mut conn.engine);
         self.conns.touch(id.slot);
         ok

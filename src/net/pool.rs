@@ -38,6 +38,12 @@ impl Pool {
             self.bytes -= buf.capacity();
             conn.engine.recycle(buf);
         }
+        self.lend_output(conn);
+    }
+
+    /// Lends an output buffer to `conn` if it has nothing queued (so it has none): a
+    /// relay recipient writes its turn's frames into a buffer already faulted in.
+    pub(crate) fn lend_output(&mut self, conn: &mut Conn) {
         if conn.engine.bytes_to_write() == 0 {
             if let Some(buf) = self.outputs.pop() {
                 self.bytes -= buf.capacity();

@@ -429,7 +429,7 @@ impl<H: Handler> Server<H> {
                             readable.push(i);
                         }
                         if event.is_writable() {
-                            self.conns.dirty.push(i);
+                            self.conns.mark(i);
                         }
                     }
                 }
@@ -451,9 +451,9 @@ impl<H: Handler> Server<H> {
     /// Lets the handler act once per turn, after the writes ([`Handler::end_of_turn`]),
     /// and writes what it queued.
     fn end_turn(&mut self, now: Instant) {
-        let mut ctx = Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts };
+        let mut ctx = Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts, pool: &mut self.pool };
         self.handler_retry = self.handler.end_of_turn(&mut ctx);
-        if !self.conns.dirty.is_empty() {
+        if self.conns.has_dirty() {
             self.flush_dirty(now);
         }
     }
@@ -464,7 +464,10 @@ impl<H: Handler> Server<H> {
         let mut ran = 0;
         while ran < INBOX_CAPACITY {
             let Ok(job) = self.inbox.try_recv() else { break };
-            job(&mut self.handler, &mut Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts });
+            job(
+                &mut self.handler,
+                &mut Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts, pool: &mut self.pool },
+            );
             ran += 1;
         }
         self.inbox_backlog = ran == INBOX_CAPACITY;
@@ -531,7 +534,7 @@ impl<H: Handler> Server<H> {
         debug!("[{peer}] accepted");
         // Edge-triggered: data may already be waiting.
         self.conns.reads.push(slot);
-        self.conns.dirty.push(slot);
+        self.conns.mark(slot);
         true
     }
 
@@ -562,7 +565,7 @@ impl<H: Handler> Server<H> {
             if !lingering {
                 if !self.policy.read_allowed(conn) {
                     conn.read_blocked = true;
-                    self.conns.dirty.push(i);
+                    self.conns.mark(i);
                     return;
                 }
                 if !self.policy.read_fits(conn, total_pinned, read_len) {
@@ -574,7 +577,7 @@ impl<H: Handler> Server<H> {
                 Read1::WouldBlock => {
                     // TLS: what was read may call for records in reply (handshake).
                     if conn.socket.tls.is_some() {
-                        self.conns.dirty.push(i);
+                        self.conns.mark(i);
                     }
                     return;
                 }
@@ -599,7 +602,7 @@ impl<H: Handler> Server<H> {
                         conn.engine.handle_eof(now);
                         self.dispatch(now, i);
                     }
-                    self.conns.dirty.push(i);
+                    self.conns.mark(i);
                     return;
                 }
             }
@@ -634,10 +637,9 @@ impl<H: Handler> Server<H> {
     fn flush_dirty(&mut self, now: Instant) {
         // Two lists swapped back and forth: no allocation per turn.
         let mut batch = std::mem::take(&mut self.scratch);
-        while !self.conns.dirty.is_empty() {
-            std::mem::swap(&mut batch, &mut self.conns.dirty);
+        while self.conns.has_dirty() {
+            self.conns.take_dirty(&mut batch);
             batch.sort_unstable();
-            batch.dedup();
             // Handlers may touch more connections while these settle (on_close).
             for &i in &batch {
                 self.settle(i, now);
@@ -741,7 +743,7 @@ impl<H: Handler> Server<H> {
             self.dispatch(now, i);
             self.remove(i);
         }
-        self.conns.dirty.clear();
+        self.conns.clear_dirty();
     }
 
     fn begin_shutdown(&mut self, now: Instant) -> Instant {
@@ -771,14 +773,14 @@ impl<H: Handler> Server<H> {
     /// (after the origin policy) and giving message buffers back to the pool.
     fn dispatch(&mut self, now: Instant, i: usize) {
         let id = self.conns.id(i);
-        self.conns.dirty.push(i);
+        self.conns.mark(i);
         loop {
             let Some(conn) = self.conns.at(i) else { return };
             let peer = conn.peer;
             let Some(event) = conn.engine.poll_event() else { return };
             let (admin, since) = (conn.admin, conn.since);
             let handler = &mut self.handler;
-            let mut ctx = Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts };
+            let mut ctx = Ctx { conns: &mut self.conns, now, policy: &self.policy, counts: &mut self.counts, pool: &mut self.pool };
             match event {
                 Event::Request(req) => {
                     let decision = if admin {

@@ -464,7 +464,7 @@ impl Connection {
                 return Err(UsageError::CompressionMismatch);
             }
         }
-        self.out.push_shared(frame.shared_bytes());
+        self.out.push_frame(frame.arc());
         Ok(())
     }
 

@@ -247,7 +247,7 @@ impl SharedFrame {
         self.compressed_with
     }
 
-    pub(crate) fn shared_bytes(&self) -> Arc<Vec<u8>> {
-        self.bytes.clone()
+    pub(crate) fn arc(&self) -> &Arc<Vec<u8>> {
+        &self.bytes
     }
 }
