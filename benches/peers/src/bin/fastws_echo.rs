@@ -1,7 +1,7 @@
 //! fastwebsockets echo server on a single-threaded tokio runtime.
 //! Usage: fastws_echo ADDR
 
-use fastwebsockets::{OpCode, Role, WebSocket};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -23,7 +23,9 @@ async fn handle(mut stream: TcpStream) -> Option<()> {
         let frame = ws.read_frame().await.ok()?;
         match frame.opcode {
             OpCode::Close => return Some(()),
-            OpCode::Text | OpCode::Binary => ws.write_frame(frame).await.ok()?,
+            // A new frame: the one read still carries the client's mask, and a server
+            // frame must not be masked (RFC 6455 §5.1).
+            OpCode::Text | OpCode::Binary => ws.write_frame(Frame::new(true, frame.opcode, None, frame.payload)).await.ok()?,
             _ => {}
         }
     }
