@@ -9,9 +9,10 @@
 //! already waiting there: at most one job per lane is pending, so the bus never fills
 //! an inbox, and a loop that falls behind takes everything waiting in one go.
 //! Interest changes and messages from one loop reach every other loop in order, so
-//! per-sender order holds. A lane holds at most 65,536 messages and 64 MiB of frames:
-//! beyond, messages for it are dropped and counted; interest changes are always kept, so the tables never go
-//! stale. Each loop reads only its own table.
+//! per-sender order holds. A lane holds at most 65,536 messages and 64 MiB of
+//! frames: beyond, messages for it are dropped and counted; interest changes are
+//! always kept, so the tables never go stale. Each loop reads only its own table. The
+//! broker bridge (`broker/`) has a lane from each loop and one to each loop too.
 //!
 //! The window: a member that joins on one loop misses what other loops relay before
 //! they have taken its loop's interest change (the next turn of each); a message
