@@ -43,14 +43,7 @@ fn fake_server(response: &'static [u8]) -> SocketAddr {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(_head) = read_head(&mut s) else { return };
                 let _ = s.write_all(response);
                 // Hold the socket open a little: a wrong answer must be caught by
                 // checking it, not by the connection ending.
@@ -147,14 +140,8 @@ fn masked_fanout(clients: usize) -> SocketAddr {
             let open = open.clone();
             std::thread::spawn(move || {
                 let _ = s.set_nodelay(true);
-                let mut head = Vec::new();
+                let Some(head) = read_head(&mut s) else { return };
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
                 let text = String::from_utf8_lossy(&head).into_owned();
                 let key = text
                     .lines()
@@ -218,4 +205,17 @@ fn bad_arguments_are_refused_by_the_parser() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("invalid value"), "{args:?}: {stderr}");
     }
+}
+
+/// Reads a request head (through its blank line) from `s`; `None` if it closes first.
+fn read_head(s: &mut impl Read) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
 }

@@ -86,6 +86,30 @@ struct Queued {
 const LANE_MAX: usize = 1 << 16;
 const LANE_MAX_BYTES: usize = 64 << 20;
 
+impl Queued {
+    /// Appends `item`: a message beyond [`LANE_MAX`] or [`LANE_MAX_BYTES`] is dropped
+    /// and counted in `dropped`, an interest change always kept. True if a message was
+    /// appended.
+    fn push(&mut self, item: BusItem, dropped: &AtomicU64) -> bool {
+        let bytes = item.bytes();
+        match item {
+            BusItem::Message { .. } if self.items.len() >= LANE_MAX || self.bytes + bytes > LANE_MAX_BYTES => {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            BusItem::Message { .. } => {
+                self.bytes += bytes;
+                self.items.push(item);
+                true
+            }
+            BusItem::Interest { .. } => {
+                self.items.push(item);
+                false
+            }
+        }
+    }
+}
+
 impl BusItem {
     /// The bytes a queued item holds (its frames).
     fn bytes(&self) -> usize {
@@ -103,27 +127,15 @@ impl Lane {
         self.queued.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Appends `items` in order; messages beyond [`LANE_MAX`] or [`LANE_MAX_BYTES`] are
-    /// dropped and counted in `dropped`, interest changes always kept. Returns the
-    /// messages appended.
+    /// Appends `items` in order (see [`Queued::push`]); returns the messages appended.
     fn append(&self, items: &mut Vec<BusItem>, dropped: &AtomicU64) -> u64 {
         let mut queued = self.lock();
-        let mut appended = 0;
-        for item in items.drain(..) {
-            let bytes = item.bytes();
-            match item {
-                BusItem::Message { .. } if queued.items.len() >= LANE_MAX || queued.bytes + bytes > LANE_MAX_BYTES => {
-                    dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                BusItem::Message { .. } => {
-                    appended += 1;
-                    queued.bytes += bytes;
-                    queued.items.push(item);
-                }
-                BusItem::Interest { .. } => queued.items.push(item),
-            }
-        }
-        appended
+        items.drain(..).map(|item| u64::from(queued.push(item, dropped))).sum()
+    }
+
+    /// Appends one item (see [`Queued::push`]).
+    fn push(&self, item: BusItem, dropped: &AtomicU64) {
+        self.lock().push(item, dropped);
     }
 
     /// Whether nothing waits in the lane.
@@ -400,8 +412,7 @@ impl<H: BusMember> BridgePort<H> {
                 continue;
             }
             let frames = Frames { plain: Some(frame.clone()), compressed: None };
-            let mut item = vec![BusItem::Message { room: room.clone(), kind, frames }];
-            lane.append(&mut item, &self.stats.dropped_queue);
+            lane.push(BusItem::Message { room: room.clone(), kind, frames }, &self.stats.dropped_queue);
             self.hand_over(i);
         }
     }
