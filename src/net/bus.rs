@@ -418,6 +418,7 @@ impl<H: BusMember> BridgePort<H> {
     }
 
     /// The bridge has stopped taking items: the loops drop them from now on (counted).
+    #[cfg_attr(not(any(feature = "broker-redis", feature = "broker-nats")), allow(dead_code))]
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         for lane in &self.from_loops {
