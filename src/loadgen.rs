@@ -169,6 +169,10 @@ pub struct Report {
     pub server_cpu: Option<Duration>,
     /// Server resident memory before connecting and with every connection open.
     pub server_rss: Option<(u64, u64)>,
+    /// Idle: server resident memory and open connections after the first half was
+    /// opened (the second half's cost is the marginal one: code paths, pools and
+    /// allocator high-water marks are paid by the first).
+    pub server_rss_half: Option<(u64, usize)>,
 }
 
 /// CPU time of every thread of `pid`, from /proc/PID/task/*/schedstat (nanoseconds).
@@ -251,6 +255,16 @@ impl Report {
                     after as f64 / 1048576.0,
                     per
                 );
+                if let Some((half, open_half)) = self.server_rss_half.filter(|&(_, n)| self.open > n) {
+                    let added = self.open - open_half;
+                    println!(
+                        "second half: {:.1} MiB -> {:.1} MiB for {} more: {:.0} bytes per added connection",
+                        half as f64 / 1048576.0,
+                        after as f64 / 1048576.0,
+                        added,
+                        after.saturating_sub(half) as f64 / added as f64
+                    );
+                }
             }
         }
     }
@@ -690,42 +704,41 @@ pub fn run(p: &Params) -> io::Result<Report> {
 }
 
 impl<'p> Bench<'p> {
+    /// Starts one more connection to `target` (TCP, then its handshake).
+    fn connect(&mut self, target: &Target) -> io::Result<()> {
+        let mut stream = TcpStream::connect(target.addr)?;
+        self.poll.registry().register(&mut stream, Token(self.conns.len()), Interest::READABLE | Interest::WRITABLE)?;
+        let tls = match &target.tls {
+            Some(config) => {
+                let name = ServerName::try_from(target.request.url().host.clone()).map_err(|e| invalid(e.to_string()))?;
+                Some(Box::new(rustls::ClientConnection::new(config.clone(), name).map_err(io::Error::other)?))
+            }
+            None => None,
+        };
+        self.conns.push(Conn {
+            wire: Wire { stream, tls },
+            phase: Phase::Connecting(target.handshake()),
+            inbox: Inbox::default(),
+            out: Vec::new(),
+            out_pos: 0,
+            sent: VecDeque::new(),
+            want_write: true,
+            deflate_bits: None,
+        });
+        Ok(())
+    }
+
     /// Opens every connection (TCP, then the handshake, each with its own key) and
     /// waits until each is open or has failed. Fails when none opened, naming why.
     /// `targets`: the senders' (relay; everyone's otherwise) and the other clients'.
     fn connect_all(p: &'p Params, targets: [&Target; 2], events: &mut Events) -> io::Result<Bench<'p>> {
         let rss_before = p.server_pid.first().and_then(|&pid| process_rss(pid));
-        let poll = Poll::new()?;
         let start = Instant::now();
-        let mut conns = Vec::with_capacity(p.connections);
-        let on_first = if p.mode == Mode::Relay { p.senders } else { p.connections };
-        for i in 0..p.connections {
-            let target = targets[usize::from(i >= on_first)];
-            let mut stream = TcpStream::connect(target.addr)?;
-            poll.registry().register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
-            let tls = match &target.tls {
-                Some(config) => {
-                    let name = ServerName::try_from(target.request.url().host.clone()).map_err(|e| invalid(e.to_string()))?;
-                    Some(Box::new(rustls::ClientConnection::new(config.clone(), name).map_err(io::Error::other)?))
-                }
-                None => None,
-            };
-            conns.push(Conn {
-                wire: Wire { stream, tls },
-                phase: Phase::Connecting(target.handshake()),
-                inbox: Inbox::default(),
-                out: Vec::new(),
-                out_pos: 0,
-                sent: VecDeque::new(),
-                want_write: true,
-                deflate_bits: None,
-            });
-        }
         let senders = if p.mode == Mode::Relay { p.senders } else { 0 };
         let mut bench = Bench {
             p,
-            poll,
-            conns,
+            poll: Poll::new()?,
+            conns: Vec::with_capacity(p.connections),
             scratch: vec![0u8; 256 * 1024],
             frame: Frame { bytes: Vec::new(), payload_at: 0 },
             report: Report::default(),
@@ -744,16 +757,27 @@ impl<'p> Bench<'p> {
                 recipients: p.connections.saturating_sub(1) as u64,
             },
         };
+        let on_first = if p.mode == Mode::Relay { p.senders } else { p.connections };
+        // Idle: two waves, and the server's memory between them.
+        let half = if p.mode == Mode::Idle && p.connections >= 2 { p.connections / 2 } else { p.connections };
         let deadline = start + CONNECT_TIMEOUT;
-        while bench.open + bench.dead < p.connections {
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("only {} of {} connections opened", bench.open, p.connections),
-                ));
+        for wave in [0..half, half..p.connections] {
+            for i in wave {
+                bench.connect(targets[usize::from(i >= on_first)])?;
             }
-            bench.turn(events, (deadline - now).min(TICK))?;
+            while bench.open + bench.dead < bench.conns.len() {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("only {} of {} connections opened", bench.open, p.connections),
+                    ));
+                }
+                bench.turn(events, (deadline - now).min(TICK))?;
+            }
+            if bench.conns.len() == half && half < p.connections {
+                bench.report.server_rss_half = p.server_pid.first().and_then(|&pid| process_rss(pid)).map(|rss| (rss, bench.open));
+            }
         }
         let reason = bench.first_failure.as_deref().unwrap_or("unknown");
         if bench.open == 0 {

@@ -306,3 +306,16 @@ impl Conns {
         self.reads.push(slot as usize);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// What every connection costs inline, busy or idle (cold state is boxed until
+    /// used): a guard for the idle memory the README reports. The slot is 16 bytes
+    /// larger in debug builds, where mio's sockets carry a selector id.
+    #[test]
+    fn a_connection_stays_small() {
+        let (engine, slot) = (size_of::<crate::Connection>(), size_of::<super::Slot>());
+        assert!(engine <= 360, "Connection grew to {engine} bytes");
+        assert!(slot <= 496, "a connection's slot grew to {slot} bytes");
+    }
+}

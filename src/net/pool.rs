@@ -1,5 +1,6 @@
 //! Buffer reuse, one owner: the message and output buffers shared by every connection
-//! of a loop. A connection borrows them for a read and gives back what it did not
+//! of a loop, and the lists that hold a connection's spare message buffers. A
+//! connection borrows them for a read (or a flush) and gives back what it did not
 //! keep, so idle connections hold none and busy ones fault no fresh pages per message.
 
 use crate::net::conn::Conn;
@@ -19,6 +20,8 @@ pub(crate) struct Pool {
     messages: Vec<Vec<u8>>,
     /// Output buffers.
     outputs: Vec<Vec<u8>>,
+    /// Empty lists for a connection's spare message buffers.
+    lists: Vec<Vec<Vec<u8>>>,
     /// Bytes held by both.
     bytes: usize,
 }
@@ -34,11 +37,22 @@ impl Pool {
     /// Lends buffers to `conn` before a read: message buffers for the messages it may
     /// complete, and an output buffer if it has none queued.
     pub(crate) fn lend(&mut self, conn: &mut Conn) {
+        self.lend_spare_list(conn);
         for buf in self.messages.drain(self.messages.len().saturating_sub(LEND_PER_READ)..) {
             self.bytes -= buf.capacity();
             conn.engine.recycle(buf);
         }
         self.lend_output(conn);
+    }
+
+    /// Lends a list for spare message buffers to `conn` if it has none: what it gets
+    /// (lent, or handed back by its output queue) is kept in pooled memory.
+    pub(crate) fn lend_spare_list(&mut self, conn: &mut Conn) {
+        if let Some(list) = self.lists.pop() {
+            if let Some(list) = conn.engine.lend_spare_list(list) {
+                self.lists.push(list);
+            }
+        }
     }
 
     /// Lends an output buffer to `conn` if it has nothing queued (so it has none): a
@@ -57,6 +71,11 @@ impl Pool {
     pub(crate) fn take_back(&mut self, conn: &mut Conn) {
         while let Some(buf) = conn.engine.take_spare() {
             Self::put(&mut self.messages, &mut self.bytes, buf);
+        }
+        if let Some(list) = conn.engine.take_spare_list() {
+            if self.lists.len() < POOL_BUFFERS {
+                self.lists.push(list);
+            }
         }
         if let Some(buf) = conn.engine.reclaim_output_buffer() {
             Self::put(&mut self.outputs, &mut self.bytes, buf);

@@ -69,17 +69,168 @@ impl FramePool {
 /// its room, as the same encoded bytes (see `bus.rs`).
 #[derive(Debug, Default)]
 pub struct Relay {
-    /// Room name -> members on this loop, in join order.
-    rooms: HashMap<Arc<str>, Vec<ConnId>>,
-    /// Connection -> its room, from the handshake until it closes.
-    room_of: HashMap<ConnId, Arc<str>>,
+    rooms: Rooms,
     relayed: u64,
-    members: usize,
     /// Serve the chat page to plain HTTP requests.
     page: bool,
     /// The other loops of the process, when linked.
     bus: Option<Bus<Relay>>,
     encoder: Encoder,
+}
+
+/// A room on this loop: its members, and the connections that asked for it and
+/// are not open yet.
+#[derive(Debug)]
+struct Room {
+    name: Arc<str>,
+    members: Vec<ConnId>,
+    waiting: u32,
+}
+
+/// Where a connection is, from its request until it closes (indexed by its slot).
+#[derive(Clone, Copy, Debug, Default)]
+enum Seat {
+    #[default]
+    Empty,
+    /// Asked for room `room`, not open yet.
+    Waiting { generation: u32, room: u32 },
+    /// A member of room `room`, at `at` in its members.
+    Member { generation: u32, room: u32, at: u32 },
+}
+
+/// The loop's rooms and who is in them: a connection finds its room by its slot, a
+/// room its members by index; joining and leaving are O(1). Rooms are kept while
+/// anyone is in or waiting for them.
+#[derive(Debug, Default)]
+struct Rooms {
+    rooms: Vec<Option<Room>>,
+    free: Vec<u32>,
+    by_name: HashMap<Arc<str>, u32>,
+    seats: Vec<Seat>,
+    /// Connections with a seat.
+    tracked: usize,
+    /// Open members, over all rooms.
+    members: usize,
+    /// Rooms with at least one open member.
+    occupied: usize,
+}
+
+impl Rooms {
+    /// Connection `id` asks for room `name` (its request).
+    fn wait(&mut self, id: ConnId, name: &str) {
+        let room = match self.by_name.get(name) {
+            Some(&r) => r,
+            None => {
+                let name: Arc<str> = Arc::from(name);
+                let room = Room { name: name.clone(), members: Vec::new(), waiting: 0 };
+                let r = match self.free.pop() {
+                    Some(r) => {
+                        self.rooms[r as usize] = Some(room);
+                        r
+                    }
+                    None => {
+                        self.rooms.push(Some(room));
+                        (self.rooms.len() - 1) as u32
+                    }
+                };
+                self.by_name.insert(name, r);
+                r
+            }
+        };
+        if let Some(r) = self.room_mut(room) {
+            r.waiting += 1;
+        }
+        let slot = id.slot as usize;
+        if self.seats.len() <= slot {
+            self.seats.resize(slot + 1, Seat::Empty);
+        }
+        self.seats[slot] = Seat::Waiting { generation: id.generation, room };
+        self.tracked += 1;
+    }
+
+    /// Connection `id` opened: it becomes a member of the room it asked for. Returns
+    /// the room and whether it is the room's first member.
+    fn join(&mut self, id: ConnId) -> Option<(Arc<str>, bool)> {
+        let Seat::Waiting { generation, room } = self.seat(id)? else { return None };
+        let r = self.room_mut(room)?;
+        r.waiting -= 1;
+        r.members.push(id);
+        let (at, first, name) = ((r.members.len() - 1) as u32, r.members.len() == 1, r.name.clone());
+        self.seats[id.slot as usize] = Seat::Member { generation, room, at };
+        self.members += 1;
+        self.occupied += usize::from(first);
+        Some((name, first))
+    }
+
+    /// Connection `id` is gone. Returns its room and whether it was the room's last
+    /// member, if it was a member.
+    fn leave(&mut self, id: ConnId) -> Option<(Arc<str>, bool)> {
+        let seat = self.seat(id)?;
+        self.seats[id.slot as usize] = Seat::Empty;
+        self.tracked -= 1;
+        let (room, left) = match seat {
+            Seat::Empty => return None,
+            Seat::Waiting { room, .. } => {
+                let r = self.room_mut(room)?;
+                r.waiting -= 1;
+                (room, None)
+            }
+            Seat::Member { room, at, .. } => {
+                let r = self.room_mut(room)?;
+                r.members.swap_remove(at as usize);
+                let moved = r.members.get(at as usize).copied();
+                let last = r.members.is_empty();
+                let name = r.name.clone();
+                if let Some(Seat::Member { at: a, .. }) = moved.and_then(|m| self.seats.get_mut(m.slot as usize)) {
+                    *a = at;
+                }
+                self.members -= 1;
+                self.occupied -= usize::from(last);
+                (room, Some((name, last)))
+            }
+        };
+        if self.room_mut(room).is_some_and(|r| r.members.is_empty() && r.waiting == 0) {
+            if let Some(r) = self.rooms[room as usize].take() {
+                self.by_name.remove(&r.name);
+                self.free.push(room);
+            }
+        }
+        left
+    }
+
+    /// `id`'s seat, if it has one (and the slot is not another connection's).
+    fn seat(&self, id: ConnId) -> Option<Seat> {
+        match *self.seats.get(id.slot as usize)? {
+            Seat::Empty => None,
+            s @ (Seat::Waiting { generation, .. } | Seat::Member { generation, .. }) => (generation == id.generation).then_some(s),
+        }
+    }
+
+    fn room_mut(&mut self, room: u32) -> Option<&mut Room> {
+        self.rooms.get_mut(room as usize)?.as_mut()
+    }
+
+    /// The room `id` is a member of.
+    fn room_of_member(&self, id: ConnId) -> Option<&Room> {
+        let Seat::Member { room, .. } = self.seat(id)? else { return None };
+        self.rooms.get(room as usize)?.as_ref()
+    }
+
+    /// The room named `name`, if anyone is in it or waiting for it.
+    fn named(&self, name: &str) -> Option<&Room> {
+        let &r = self.by_name.get(name)?;
+        self.rooms.get(r as usize)?.as_ref()
+    }
+
+    /// Open members of the room named `name`.
+    fn members(&self, name: &str) -> usize {
+        self.named(name).map_or(0, |r| r.members.len())
+    }
+
+    /// Names of the rooms with open members.
+    fn occupied_names(&self) -> impl Iterator<Item = &str> {
+        self.rooms.iter().flatten().filter(|r| !r.members.is_empty()).map(|r| &*r.name)
+    }
 }
 
 /// Makes a relayed message's frames, each at most once, from pooled buffers.
@@ -227,7 +378,7 @@ impl Relay {
 
     /// Members of `room` that are open (on this loop).
     pub fn members(&self, room: &str) -> usize {
-        self.rooms.get(room).map_or(0, Vec::len)
+        self.rooms.members(room)
     }
 
     /// Messages relayed so far by this loop (each counted once, whatever the number of
@@ -238,7 +389,7 @@ impl Relay {
 
     /// Connections the relay keeps state for (from their request until they end).
     pub fn tracked(&self) -> usize {
-        self.room_of.len()
+        self.rooms.tracked
     }
 
     /// Messages lost between the loops of the process (a full lane, a stopped loop).
@@ -254,7 +405,7 @@ impl Relay {
     /// A member joined (`+1`) or left (`-1`) `room` on this loop: other loops learn
     /// when the room gains its first member here or loses its last.
     fn membership_changed(&mut self, room: &Arc<str>, now_empty_or_first: Option<bool>) {
-        let members = self.members;
+        let members = self.rooms.members;
         if let Some(bus) = self.bus.as_mut() {
             bus.set_members(members);
             if let Some(member) = now_empty_or_first {
@@ -275,8 +426,8 @@ impl BusMember for Relay {
                     }
                 }
                 BusItem::Message { room, kind, mut frames } => {
-                    let (Some(members), Some(plain)) = (self.rooms.get(&room), frames.plain.clone()) else { continue };
-                    self.encoder.fan_out(ctx, members, None, kind, plain.payload(), &mut frames);
+                    let (Some(room), Some(plain)) = (self.rooms.named(&room), frames.plain.clone()) else { continue };
+                    self.encoder.fan_out(ctx, &room.members, None, kind, plain.payload(), &mut frames);
                 }
             }
         }
@@ -291,13 +442,13 @@ impl Handler for Relay {
     fn metrics(&self, m: &mut Metrics) {
         let (rooms, members, relayed) = match &self.bus {
             Some(bus) => {
-                let mut rooms: HashSet<&str> = self.rooms.keys().map(|r| &**r).collect();
+                let mut rooms: HashSet<&str> = self.rooms.occupied_names().collect();
                 rooms.extend(bus.remote_rooms());
                 let members = bus.shared.members.iter().map(|m| m.load(Ordering::Relaxed)).sum::<usize>();
                 let relayed = bus.shared.relayed.iter().map(|r| r.load(Ordering::Relaxed)).sum::<u64>();
                 (rooms.len(), members, relayed)
             }
-            None => (self.rooms.len(), self.members, self.relayed),
+            None => (self.rooms.occupied, self.rooms.members, self.relayed),
         };
         m.gauge("rfc6455_relay_rooms", "Rooms with at least one open member.", rooms as u64);
         m.gauge("rfc6455_relay_members", "Open connections in rooms.", members as u64);
@@ -314,56 +465,42 @@ impl Handler for Relay {
     }
 
     fn on_request(&mut self, id: ConnId, _peer: SocketAddr, req: &Request) -> Result<Accept, Reject> {
-        self.room_of.insert(id, Arc::from(req.path()));
+        self.rooms.wait(id, req.path());
         Ok(Accept::new())
     }
 
     fn on_open(&mut self, _ctx: &mut Ctx<'_>, id: ConnId) {
-        let Some(room) = self.room_of.get(&id).cloned() else { return };
-        let members = self.rooms.entry(room.clone()).or_default();
-        members.push(id);
-        let first = members.len() == 1;
-        self.members += 1;
-        self.membership_changed(&room, first.then_some(true));
+        if let Some((room, first)) = self.rooms.join(id) {
+            self.membership_changed(&room, first.then_some(true));
+        }
     }
 
-    /// Two lookups (the sender's room, its members) and, when linked, one more (the
-    /// loops interested); no reference count is touched unless the message crosses.
+    /// Two indexed loads (the sender's seat, its room) and, when linked, one lookup
+    /// (the loops interested); no reference count is touched unless the message crosses.
     fn on_message(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: &[u8]) {
-        let Some(room) = self.room_of.get(&id) else { return };
-        let Some(members) = self.rooms.get(room) else { return };
+        let Some(room) = self.rooms.room_of_member(id) else { return };
         self.relayed += 1;
         let mut frames = Frames::default();
-        self.encoder.fan_out(ctx, members, Some(id), kind, data, &mut frames);
+        self.encoder.fan_out(ctx, &room.members, Some(id), kind, data, &mut frames);
         if let Some(bus) = self.bus.as_mut() {
             bus.count_relayed();
-            let loops = bus.interested(room);
+            let loops = bus.interested(&room.name);
             if loops != 0 {
                 self.encoder.complete(kind, data, &mut frames);
-                bus.forward(loops, room, kind, &frames);
+                bus.forward(loops, &room.name, kind, &frames);
             }
             if bus.has_bridge() {
                 self.encoder.plain(kind, data, &mut frames);
-                bus.publish(room, kind, &frames);
+                bus.publish(&room.name, kind, &frames);
             }
         }
     }
 
-    /// Also called for connections that never opened: their room entry goes too.
+    /// Also called for connections that never opened: their seat goes too.
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, id: ConnId, _closed: &Closed) {
-        let Some(room) = self.room_of.remove(&id) else { return };
-        let Some(members) = self.rooms.get_mut(&room) else { return };
-        let before = members.len();
-        members.retain(|&m| m != id);
-        if members.len() == before {
-            return; // it never opened
+        if let Some((room, last)) = self.rooms.leave(id) {
+            self.membership_changed(&room, last.then_some(false));
         }
-        self.members -= 1;
-        let last = members.is_empty();
-        if last {
-            self.rooms.remove(&room);
-        }
-        self.membership_changed(&room, last.then_some(false));
     }
 
     fn end_of_turn(&mut self, _ctx: &mut Ctx<'_>) -> bool {
@@ -384,5 +521,77 @@ impl Handler for Echo {
     fn on_message_owned(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: Vec<u8>) -> Option<Vec<u8>> {
         ctx.send_owned(id, kind, data);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(slot: u32, generation: u32) -> ConnId {
+        ConnId { slot, generation }
+    }
+
+    /// Every member's seat points at its place in its room, and the counters agree.
+    fn check(rooms: &Rooms) {
+        let mut members = 0;
+        for (r, room) in rooms.rooms.iter().enumerate() {
+            let Some(room) = room else { continue };
+            for (at, m) in room.members.iter().enumerate() {
+                let Some(Seat::Member { room: rr, at: a, .. }) = rooms.seat(*m) else { panic!("{m:?} has no member seat") };
+                assert_eq!((rr as usize, a as usize), (r, at));
+            }
+            members += room.members.len();
+            assert_eq!(rooms.by_name.get(&room.name), Some(&(r as u32)));
+        }
+        assert_eq!(rooms.members, members);
+        assert_eq!(rooms.occupied, rooms.occupied_names().count());
+    }
+
+    #[test]
+    fn seats_stay_consistent_when_members_leave_in_any_order() {
+        let mut rooms = Rooms::default();
+        for slot in 0..300 {
+            rooms.wait(id(slot, 1), if slot % 3 == 0 { "/a" } else { "/b" });
+        }
+        assert_eq!(rooms.tracked, 300);
+        assert_eq!(rooms.join(id(0, 1)), Some((Arc::from("/a"), true)));
+        assert_eq!(rooms.join(id(0, 1)), None, "joins once");
+        for slot in 1..300 {
+            rooms.join(id(slot, 1));
+        }
+        check(&rooms);
+        assert_eq!(rooms.members("/a"), 100);
+        // A stale id (an earlier generation of the slot) finds nothing.
+        assert_eq!(rooms.leave(id(5, 0)), None);
+        // Leave in a scrambled order; the last member of each room says so.
+        let mut order: Vec<u32> = (0..300).map(|i| (i * 7919) % 300).collect();
+        order.dedup();
+        let mut lasts = Vec::new();
+        for (n, slot) in order.iter().enumerate() {
+            let (room, last) = rooms.leave(id(*slot, 1)).expect("a member");
+            if last {
+                lasts.push(room);
+            }
+            if n % 37 == 0 {
+                check(&rooms);
+            }
+        }
+        lasts.sort();
+        assert_eq!(lasts, vec![Arc::from("/a"), Arc::from("/b")]);
+        assert_eq!((rooms.tracked, rooms.members, rooms.occupied, rooms.by_name.len()), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_room_only_waited_for_goes_when_its_connection_does() {
+        let mut rooms = Rooms::default();
+        rooms.wait(id(3, 7), "/x");
+        assert_eq!(rooms.occupied, 0);
+        assert!(rooms.named("/x").is_some());
+        assert_eq!(rooms.leave(id(3, 7)), None, "never a member");
+        assert!(rooms.named("/x").is_none());
+        // Its index is reused by the next room.
+        rooms.wait(id(4, 1), "/y");
+        assert_eq!(rooms.rooms.len(), 1);
     }
 }

@@ -657,6 +657,8 @@ impl<H: Handler> Server<H> {
     fn settle(&mut self, i: usize, now: Instant) {
         let (linger, close_timeout) = (self.cfg.linger, self.cfg.engine.close_timeout);
         let Some(conn) = self.conns.at(i) else { return };
+        // Payloads the flush finishes come back as spare buffers: into a pooled list.
+        self.pool.lend_spare_list(conn);
         if !conn.socket.lingering && conn.socket.flush(&mut conn.engine).is_err() {
             conn.socket.eof = true;
             conn.engine.abort();

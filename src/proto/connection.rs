@@ -87,13 +87,9 @@ enum Queued {
 #[derive(Debug)]
 enum Phase {
     /// Server: reading the request head.
-    ReadRequest(HeadReader),
-    /// Server: request emitted, waiting for accept or reject; bytes the client sent
-    /// right behind its request are kept for after the accept.
-    AwaitAccept {
-        request: Box<Request>,
-        early: Vec<u8>,
-    },
+    ReadRequest(Box<HeadReader>),
+    /// Server: request emitted, waiting for accept or reject.
+    AwaitAccept(Box<Pending>),
     /// Server: a plain HTTP request emitted ([`Config::plain_http`]), waiting for
     /// `respond`; what the client sends meanwhile is discarded.
     AwaitHttpAnswer {
@@ -110,15 +106,67 @@ enum Phase {
     Closed,
 }
 
-/// Keepalive and round-trip state.
+/// A server's request waiting for accept or reject, and the bytes the client sent
+/// right behind it (kept for after the accept).
+#[derive(Debug)]
+struct Pending {
+    request: Request,
+    early: Vec<u8>,
+}
+
+/// Keepalive state.
 #[derive(Debug)]
 struct Keepalive {
     next_ping: Option<Instant>,
-    pong_deadline: Option<Instant>,
     last_received: Instant,
-    pings: VecDeque<(ControlPayload, Instant)>,
+    /// Allocated with the first ping: a connection that never pings carries a pointer.
+    pings: Option<Box<Pings>>,
+}
+
+/// Our pings and what their pongs measured.
+#[derive(Debug, Default)]
+struct Pings {
+    /// The last pings sent (at most [`PINGS_REMEMBERED`]), with when.
+    sent: VecDeque<(ControlPayload, Instant)>,
+    /// The last keepalive ping's number (its payload).
     seq: u64,
+    /// A pong is due by then.
+    pong_deadline: Option<Instant>,
     last_rtt: Option<Duration>,
+}
+
+/// How the connection ends: who started it, the close frames, the error. Boxed when
+/// the ending starts: an open connection carries a pointer, not a hundred bytes.
+#[derive(Debug, Default)]
+struct Ending {
+    initiator: Option<Side>,
+    close_sent: Option<CloseFrame>,
+    close_received: Option<CloseFrame>,
+    error: Option<ProtocolError>,
+}
+
+/// What only some connections have, boxed: a client's mask generator and the
+/// server's response, the agreed subprotocol.
+#[derive(Default)]
+struct Extras {
+    masks: Option<Box<dyn MaskGenerator>>,
+    response: Option<Response>,
+    subprotocol: Option<String>,
+}
+
+impl Keepalive {
+    /// When the answer to our last keepalive ping is due, if one is awaited.
+    fn pong_deadline(&self) -> Option<Instant> {
+        self.pings.as_ref()?.pong_deadline
+    }
+}
+
+impl Extras {
+    /// A client's next masking key; servers do not mask. (Takes the field, so that
+    /// other fields may be borrowed meanwhile.)
+    fn next_mask(extras: &mut Option<Box<Self>>) -> Option<[u8; 4]> {
+        extras.as_mut()?.masks.as_mut().map(|m| m.next_key())
+    }
 }
 
 /// One WebSocket connection's protocol state. See the module docs for how to drive it.
@@ -127,9 +175,7 @@ pub struct Connection {
     /// Shared by all connections of a server (one allocation, not one per connection).
     config: Arc<Config>,
     phase: Phase,
-    masks: Option<Box<dyn MaskGenerator>>,
-    response: Option<Box<Response>>,
-    subprotocol: Option<String>,
+    extras: Option<Box<Extras>>,
     /// permessage-deflate, when negotiated.
     compression: Option<Box<Compression>>,
 
@@ -144,13 +190,9 @@ pub struct Connection {
     /// The event queue was released once after the handshake.
     events_trimmed: bool,
 
-    initiator: Option<Side>,
-    close_sent: Option<CloseFrame>,
-    close_received: Option<CloseFrame>,
-    error: Option<ProtocolError>,
-
-    handshake_deadline: Option<Instant>,
-    close_deadline: Option<Instant>,
+    ending: Option<Box<Ending>>,
+    /// The handshake's deadline while connecting, the close's while closing.
+    deadline: Option<Instant>,
     keepalive: Keepalive,
 }
 
@@ -169,12 +211,10 @@ impl Connection {
     fn new(role: Role, config: Arc<Config>, phase: Phase, masks: Option<Box<dyn MaskGenerator>>, now: Instant) -> Self {
         Self {
             role,
-            handshake_deadline: config.handshake_timeout.map(|t| now + t),
+            deadline: config.handshake_timeout.map(|t| now + t),
             config,
             phase,
-            masks,
-            response: None,
-            subprotocol: None,
+            extras: masks.map(|m| Box::new(Extras { masks: Some(m), ..Extras::default() })),
             compression: None,
             reader: MessageReader::default(),
             out: OutQueue::default(),
@@ -182,25 +222,14 @@ impl Connection {
             events: VecDeque::new(),
             close_pending: false,
             events_trimmed: false,
-            initiator: None,
-            close_sent: None,
-            close_received: None,
-            error: None,
-            close_deadline: None,
-            keepalive: Keepalive {
-                next_ping: None,
-                pong_deadline: None,
-                last_received: now,
-                pings: VecDeque::new(),
-                seq: 0,
-                last_rtt: None,
-            },
+            ending: None,
+            keepalive: Keepalive { next_ping: None, last_received: now, pings: None },
         }
     }
 
     /// A server endpoint, waiting for the client's request.
     pub fn server(config: impl Into<Arc<Config>>, now: Instant) -> Self {
-        Self::new(Role::Server, config.into(), Phase::ReadRequest(HeadReader::default()), None, now)
+        Self::new(Role::Server, config.into(), Phase::ReadRequest(Box::default()), None, now)
     }
 
     /// A client endpoint; its request is queued for writing at once. Masking keys and
@@ -257,7 +286,7 @@ impl Connection {
     pub fn set_mask_generator(&mut self, masks: Box<dyn MaskGenerator>) -> Result<(), UsageError> {
         match self.role {
             Role::Client => {
-                self.masks = Some(masks);
+                self.extras_mut().masks = Some(masks);
                 Ok(())
             }
             Role::Server => Err(UsageError::WrongRole),
@@ -274,13 +303,13 @@ impl Connection {
         self.keepalive.last_received = now;
         match &mut self.phase {
             Phase::ReadRequest(_) => self.read_request(data),
-            Phase::AwaitAccept { early, .. } => {
+            Phase::AwaitAccept(pending) => {
                 // The client may pipeline frames behind its request; keep them (bounded).
-                if early.len() + data.len() > self.config.max_message_size {
+                if pending.early.len() + data.len() > self.config.max_message_size {
                     let limit = self.config.max_message_size;
                     self.fail(now, ProtocolError::MessageTooBig { limit });
                 } else {
-                    early.extend_from_slice(data);
+                    pending.early.extend_from_slice(data);
                 }
             }
             Phase::ReadResponse(_) => self.read_response(now, data),
@@ -295,13 +324,14 @@ impl Connection {
             Phase::Closed => {}
             // The request is whole: a client that half-closed after it still gets the answer.
             Phase::AwaitHttpAnswer { .. } => {}
-            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::ReadResponse(_) => {
-                self.error.get_or_insert(ProtocolError::Handshake(HandshakeError::UnexpectedEof));
-                self.initiator.get_or_insert(Side::Remote);
+            Phase::ReadRequest(_) | Phase::AwaitAccept(_) | Phase::ReadResponse(_) => {
+                let ending = self.ending_mut();
+                ending.error.get_or_insert(ProtocolError::Handshake(HandshakeError::UnexpectedEof));
+                ending.initiator.get_or_insert(Side::Remote);
                 self.finish();
             }
             _ => {
-                self.initiator.get_or_insert(Side::Remote);
+                self.ending_mut().initiator.get_or_insert(Side::Remote);
                 self.finish();
             }
         }
@@ -314,13 +344,13 @@ impl Connection {
         let due = |d: Option<Instant>| d.is_some_and(|d| d <= now);
         match self.phase {
             Phase::Closed => {}
-            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => {
-                if due(self.handshake_deadline) {
+            Phase::ReadRequest(_) | Phase::AwaitAccept(_) | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => {
+                if due(self.deadline) {
                     self.fail_handshake(HandshakeError::Timeout);
                 }
             }
             Phase::Closing | Phase::AwaitEof => {
-                if due(self.close_deadline) {
+                if due(self.deadline) {
                     self.finish();
                 }
             }
@@ -328,13 +358,15 @@ impl Connection {
                 let ka = &self.keepalive;
                 if self.config.idle_timeout.is_some_and(|t| ka.last_received + t <= now) {
                     self.drop_connection(ProtocolError::IdleTimeout);
-                } else if due(ka.pong_deadline) {
+                } else if due(ka.pong_deadline()) {
                     self.drop_connection(ProtocolError::PongTimeout);
                 } else if due(ka.next_ping) {
-                    self.keepalive.seq += 1;
-                    let payload = self.keepalive.seq.to_be_bytes();
+                    let pong_due = now + self.config.pong_timeout;
+                    let pings = self.keepalive.pings.get_or_insert_with(Box::default);
+                    pings.seq += 1;
+                    pings.pong_deadline.get_or_insert(pong_due);
+                    let payload = pings.seq.to_be_bytes();
                     let _ = self.ping(now, &payload);
-                    self.keepalive.pong_deadline.get_or_insert(now + self.config.pong_timeout);
                     self.keepalive.next_ping = self.config.ping_interval.map(|i| now + i);
                 }
             }
@@ -346,16 +378,16 @@ impl Connection {
     /// Server: accepts the pending request (answers 101) and opens the connection.
     /// Frames the client sent right behind its request are processed now.
     pub fn accept(&mut self, now: Instant, accept: Accept) -> Result<(), UsageError> {
-        let Phase::AwaitAccept { request, .. } = &self.phase else {
+        let Phase::AwaitAccept(pending) = &self.phase else {
             return Err(UsageError::NoPendingRequest);
         };
-        let accepted = request.negotiate(&self.config, accept)?;
+        let accepted = pending.request.negotiate(&self.config, accept)?;
         self.out.write_with(|b| accepted.write_head(b));
-        let Phase::AwaitAccept { early, .. } = std::mem::replace(&mut self.phase, Phase::Open) else { unreachable!("checked above") };
+        let Phase::AwaitAccept(pending) = std::mem::replace(&mut self.phase, Phase::Open) else { unreachable!("checked above") };
         self.start(accepted.negotiated());
         self.open(now);
-        if !early.is_empty() {
-            self.read_frames(now, &early);
+        if !pending.early.is_empty() {
+            self.read_frames(now, &pending.early);
         }
         Ok(())
     }
@@ -363,7 +395,7 @@ impl Connection {
     /// Server: rejects the pending request with an HTTP status (not 101), extra
     /// headers and a body, and ends the connection.
     pub fn reject(&mut self, reject: &Reject) -> Result<(), UsageError> {
-        if !matches!(self.phase, Phase::AwaitAccept { .. }) {
+        if !matches!(self.phase, Phase::AwaitAccept(_)) {
             return Err(UsageError::NoPendingRequest);
         }
         self.answer_and_finish(reject, true)
@@ -383,7 +415,7 @@ impl Connection {
         let mut result = Ok(());
         self.out.write_with(|b| result = handshake::write_response(b, response, with_body));
         result?;
-        self.initiator = Some(Side::Local);
+        self.ending_mut().initiator = Some(Side::Local);
         self.finish();
         Ok(())
     }
@@ -405,7 +437,7 @@ impl Connection {
         if let Some(z) = self.compression.as_mut().filter(|z| z.wants(data.len())) {
             // RFC 7692 §6.1: a compressed message has RSV1 set on its first frame.
             let compressed = z.compress(data);
-            let mask = self.masks.as_mut().map(|m| m.next_key());
+            let mask = Extras::next_mask(&mut self.extras);
             self.out.write_with(|b| encode_frame_rsv(b, true, RSV1, kind.opcode(), mask, compressed));
             return Ok(());
         }
@@ -425,14 +457,16 @@ impl Connection {
             self.recycle(data);
             return Ok(());
         }
-        let mask = self.masks.as_mut().map(|m| m.next_key());
+        let mask = Extras::next_mask(&mut self.extras);
         let mut hdr = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&mut hdr, true, kind.opcode(), mask, data.len() as u64);
         self.out.write_with(|b| b.extend_from_slice(&hdr[..n]));
         if let Some(key) = mask {
             apply_mask(&mut data, key, 0);
         }
-        self.out.push_owned(data);
+        if let Some(empty) = self.out.push_owned(data) {
+            self.recycle(empty);
+        }
         Ok(())
     }
 
@@ -472,11 +506,11 @@ impl Connection {
     pub fn ping(&mut self, now: Instant, payload: &[u8]) -> Result<(), UsageError> {
         let p = ControlPayload::new(payload).ok_or(UsageError::ControlPayloadTooLong(payload.len()))?;
         self.check_open()?;
-        let pings = &mut self.keepalive.pings;
-        if pings.len() == PINGS_REMEMBERED {
-            pings.pop_front();
+        let sent = &mut self.keepalive.pings.get_or_insert_with(Box::default).sent;
+        if sent.len() == PINGS_REMEMBERED {
+            sent.pop_front();
         }
-        pings.push_back((p, now));
+        sent.push_back((p, now));
         self.write_frame(true, OpCode::Ping, payload);
         Ok(())
     }
@@ -505,11 +539,12 @@ impl Connection {
         if !matches!(self.phase, Phase::Open) {
             return Err(UsageError::NotOpen { state: self.state() });
         }
-        self.initiator = Some(Side::Local);
-        self.close_sent = Some(CloseFrame { code, reason: reason.to_owned() });
+        let ending = self.ending_mut();
+        ending.initiator = Some(Side::Local);
+        ending.close_sent = Some(CloseFrame { code, reason: reason.to_owned() });
         self.write_close(code, reason);
         self.phase = Phase::Closing;
-        self.close_deadline = Some(now + self.config.close_timeout);
+        self.deadline = Some(now + self.config.close_timeout);
         Ok(())
     }
 
@@ -522,7 +557,7 @@ impl Connection {
         }
         if !matches!(self.phase, Phase::Closed) {
             self.out.clear();
-            self.initiator.get_or_insert(Side::Local);
+            self.ending_mut().initiator.get_or_insert(Side::Local);
             self.finish();
         }
     }
@@ -537,6 +572,19 @@ impl Connection {
     /// keep one pool of buffers for all its connections, so idle connections hold none.
     pub fn take_spare(&mut self) -> Option<Vec<u8>> {
         self.reader.take_spare()
+    }
+
+    /// Lends an empty list to hold spare buffers, if the connection has none: an event
+    /// loop that pools buffers ([`Connection::take_spare`]) pools their list too, so a
+    /// connection at rest holds neither. Returns `list` if it was not needed.
+    pub fn lend_spare_list(&mut self, list: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        self.reader.lend_spare_list(list)
+    }
+
+    /// Takes the list of spare buffers back once [`Connection::take_spare`] has
+    /// emptied it.
+    pub fn take_spare_list(&mut self) -> Option<Vec<Vec<u8>>> {
+        self.reader.take_spare_list()
     }
 
     /// Lends an empty buffer for the output queue, if it has none (see
@@ -570,7 +618,7 @@ impl Connection {
                 Queued::Event(e) => return Some(e),
                 Queued::WriteClose => {
                     self.close_pending = false;
-                    if let Some(f) = self.close_sent.clone() {
+                    if let Some(f) = self.ending.as_ref().and_then(|e| e.close_sent.clone()) {
                         self.write_close(f.code, &f.reason);
                     }
                     self.release_compression_when_done();
@@ -593,10 +641,8 @@ impl Connection {
 
     /// Marks `n` bytes of the output as written.
     pub fn consume_output(&mut self, n: usize) {
-        self.out.consume(n);
-        while let Some(buf) = self.out.take_done() {
-            self.recycle(buf);
-        }
+        let reader = &mut self.reader;
+        self.out.consume(n, &mut |buf| reader.recycle(buf));
         if self.out.len() == 0 {
             self.out.shrink_if_empty(OUTPUT_KEEP_MAX);
         }
@@ -611,14 +657,16 @@ impl Connection {
         };
         match self.phase {
             Phase::Closed => None,
-            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => {
-                self.handshake_deadline
-            }
-            Phase::Closing | Phase::AwaitEof => self.close_deadline,
+            Phase::ReadRequest(_)
+            | Phase::AwaitAccept(_)
+            | Phase::AwaitHttpAnswer { .. }
+            | Phase::ReadResponse(_)
+            | Phase::Closing
+            | Phase::AwaitEof => self.deadline,
             Phase::Open => {
                 let ka = &self.keepalive;
                 let idle = self.config.idle_timeout.map(|t| ka.last_received + t);
-                min(min(ka.next_ping, ka.pong_deadline), idle)
+                min(min(ka.next_ping, ka.pong_deadline()), idle)
             }
         }
     }
@@ -638,7 +686,7 @@ impl Connection {
     /// Connecting, open, closing or closed.
     pub fn state(&self) -> State {
         match self.phase {
-            Phase::ReadRequest(_) | Phase::AwaitAccept { .. } | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => State::Connecting,
+            Phase::ReadRequest(_) | Phase::AwaitAccept(_) | Phase::AwaitHttpAnswer { .. } | Phase::ReadResponse(_) => State::Connecting,
             Phase::Open => State::Open,
             Phase::Closing | Phase::AwaitEof => State::Closing,
             Phase::Closed => State::Closed,
@@ -656,7 +704,7 @@ impl Connection {
     pub fn buffered_bytes(&self) -> usize {
         let phase = match &self.phase {
             Phase::ReadRequest(head) => head.capacity(),
-            Phase::AwaitAccept { early, .. } => early.capacity(),
+            Phase::AwaitAccept(pending) => pending.early.capacity(),
             Phase::ReadResponse(hs) => hs.buffered_bytes(),
             _ => 0,
         };
@@ -666,22 +714,22 @@ impl Connection {
 
     /// The close frame received from the peer, if any (Qt's `closeCode()`/`closeReason()`).
     pub fn close_received(&self) -> Option<&CloseFrame> {
-        self.close_received.as_ref()
+        self.ending.as_ref()?.close_received.as_ref()
     }
 
     /// The close frame we sent, if any.
     pub fn close_sent(&self) -> Option<&CloseFrame> {
-        self.close_sent.as_ref()
+        self.ending.as_ref()?.close_sent.as_ref()
     }
 
     /// The agreed subprotocol, once open.
     pub fn subprotocol(&self) -> Option<&str> {
-        self.subprotocol.as_deref()
+        self.extras.as_ref()?.subprotocol.as_deref()
     }
 
     /// Client: the server's 101 response, once open.
     pub fn response(&self) -> Option<&Response> {
-        self.response.as_deref()
+        self.extras.as_ref()?.response.as_ref()
     }
 
     /// The permessage-deflate parameters, if the extension was negotiated.
@@ -697,7 +745,7 @@ impl Connection {
 
     /// The last measured ping round-trip time.
     pub fn last_rtt(&self) -> Option<Duration> {
-        self.keepalive.last_rtt
+        self.keepalive.pings.as_ref()?.last_rtt
     }
 
     // ------------------------------------------------------------------ internals
@@ -730,20 +778,30 @@ impl Connection {
         }
     }
 
+    /// The ending's record, started on first use.
+    fn ending_mut(&mut self) -> &mut Ending {
+        self.ending.get_or_insert_with(Box::default)
+    }
+
+    /// The extras' record, started on first use.
+    fn extras_mut(&mut self) -> &mut Extras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
     fn emit(&mut self, e: Event) {
         self.events.push_back(Queued::Event(e));
     }
 
     /// Encodes one frame into the output, masked with a fresh key for clients (§5.3).
     fn write_frame(&mut self, fin: bool, opcode: OpCode, payload: &[u8]) {
-        let mask = self.masks.as_mut().map(|m| m.next_key());
+        let mask = Extras::next_mask(&mut self.extras);
         self.out.write_with(|b| encode_frame(b, fin, opcode, mask, payload));
     }
 
     /// Sends a close frame: now, or, when events are waiting to be polled, right after
     /// them (see `close_pending`).
     fn send_close(&mut self, code: CloseCode, reason: &str) {
-        self.close_sent = Some(CloseFrame { code, reason: reason.to_owned() });
+        self.ending_mut().close_sent = Some(CloseFrame { code, reason: reason.to_owned() });
         if self.events.is_empty() {
             self.write_close(code, reason);
         } else {
@@ -767,14 +825,17 @@ impl Connection {
     /// Takes on what the handshake agreed.
     fn start(&mut self, negotiated: &Negotiated) {
         self.compression = Compression::open(&self.config, negotiated, self.role);
-        self.subprotocol = negotiated.subprotocol.clone();
+        if let Some(p) = &negotiated.subprotocol {
+            self.extras_mut().subprotocol = Some(p.clone());
+        }
     }
 
     fn open(&mut self, now: Instant) {
         self.phase = Phase::Open;
-        self.handshake_deadline = None;
+        self.deadline = None;
         self.keepalive.next_ping = self.config.ping_interval.map(|i| now + i);
-        self.emit(Event::Open { subprotocol: self.subprotocol.clone() });
+        let subprotocol = self.subprotocol().map(str::to_owned);
+        self.emit(Event::Open { subprotocol });
     }
 
     fn read_request(&mut self, data: &[u8]) {
@@ -787,7 +848,7 @@ impl Connection {
         match handshake::parse_request(head.head(), self.config.max_headers, self.config.plain_http) {
             Ok(RequestHead::Upgrade(req)) => {
                 self.emit(Event::Request(Box::new(req.clone())));
-                self.phase = Phase::AwaitAccept { request: Box::new(req), early: rest.to_vec() };
+                self.phase = Phase::AwaitAccept(Box::new(Pending { request: req, early: rest.to_vec() }));
             }
             Ok(RequestHead::Plain(req)) => {
                 self.phase = Phase::AwaitHttpAnswer { head_only: req.method == "HEAD" };
@@ -803,7 +864,7 @@ impl Connection {
             Ok(None) => {}
             Ok(Some(done)) => {
                 self.start(&done.negotiated());
-                self.response = Some(Box::new(done.response));
+                self.extras_mut().response = Some(done.response);
                 self.open(now);
                 self.read_frames(now, &data[data.len() - done.rest..]);
             }
@@ -820,8 +881,9 @@ impl Connection {
                 });
             }
         }
-        self.error = Some(ProtocolError::Handshake(e));
-        self.initiator = Some(Side::Local);
+        let ending = self.ending_mut();
+        ending.error = Some(ProtocolError::Handshake(e));
+        ending.initiator = Some(Side::Local);
         self.finish();
     }
 
@@ -858,16 +920,18 @@ impl Connection {
     }
 
     fn on_pong(&mut self, now: Instant, payload: ControlPayload) {
-        let ka = &mut self.keepalive;
-        ka.pong_deadline = None;
-        let rtt = ka.pings.iter().position(|(p, _)| *p == payload).map(|i| {
-            let sent = ka.pings[i].1;
-            ka.pings.drain(..=i);
-            now.saturating_duration_since(sent)
+        let rtt = self.keepalive.pings.as_mut().and_then(|pings| {
+            pings.pong_deadline = None;
+            let rtt = pings.sent.iter().position(|(p, _)| *p == payload).map(|i| {
+                let sent = pings.sent[i].1;
+                pings.sent.drain(..=i);
+                now.saturating_duration_since(sent)
+            });
+            if rtt.is_some() {
+                pings.last_rtt = rtt;
+            }
+            rtt
         });
-        if rtt.is_some() {
-            ka.last_rtt = rtt;
-        }
         self.emit(Event::Pong { payload: Box::new(payload), rtt });
     }
 
@@ -889,10 +953,10 @@ impl Connection {
         };
         if matches!(self.phase, Phase::Open) {
             // §5.5.1: reply with a close frame, echoing the status code.
-            self.initiator = Some(Side::Remote);
+            self.ending_mut().initiator = Some(Side::Remote);
             self.send_close(received.code, "");
         }
-        self.close_received = Some(received);
+        self.ending_mut().close_received = Some(received);
         self.end_closing_handshake(now);
     }
 
@@ -904,7 +968,7 @@ impl Connection {
             Role::Client => {
                 self.phase = Phase::AwaitEof;
                 self.reader.abandon();
-                self.close_deadline = Some(now + self.config.close_timeout);
+                self.deadline = Some(now + self.config.close_timeout);
             }
         }
     }
@@ -915,7 +979,7 @@ impl Connection {
         if matches!(self.phase, Phase::Closed | Phase::AwaitEof) {
             return;
         }
-        let was_connecting = matches!(self.phase, Phase::AwaitAccept { .. });
+        let was_connecting = matches!(self.phase, Phase::AwaitAccept(_));
         if matches!(self.phase, Phase::Open) {
             let code = e.close_code();
             if code.is_sendable() {
@@ -924,8 +988,9 @@ impl Connection {
                 self.send_close(code, truncate_at_char(&reason, MAX_CLOSE_REASON));
             }
         }
-        self.initiator.get_or_insert(Side::Local);
-        self.error = Some(e);
+        let ending = self.ending_mut();
+        ending.initiator.get_or_insert(Side::Local);
+        ending.error = Some(e);
         self.reader.abandon();
         if was_connecting {
             self.finish();
@@ -937,8 +1002,9 @@ impl Connection {
     /// Drops a dead peer: no close frame, queued output discarded (it cannot drain).
     fn drop_connection(&mut self, e: ProtocolError) {
         self.out.clear();
-        self.error = Some(e);
-        self.initiator = Some(Side::Local);
+        let ending = self.ending_mut();
+        ending.error = Some(e);
+        ending.initiator = Some(Side::Local);
         self.finish();
     }
 
@@ -949,16 +1015,18 @@ impl Connection {
         self.phase = Phase::Closed;
         self.reader.release();
         self.release_compression_when_done();
-        self.handshake_deadline = None;
-        self.close_deadline = None;
+        self.deadline = None;
         self.keepalive.next_ping = None;
-        self.keepalive.pong_deadline = None;
+        if let Some(pings) = self.keepalive.pings.as_mut() {
+            pings.pong_deadline = None;
+        }
+        let ending = self.ending_mut();
         let closed = Closed {
-            initiator: self.initiator.unwrap_or(Side::Remote),
-            clean: self.close_sent.is_some() && self.close_received.is_some(),
-            sent: self.close_sent.clone(),
-            received: self.close_received.clone(),
-            error: self.error.clone(),
+            initiator: ending.initiator.unwrap_or(Side::Remote),
+            clean: ending.close_sent.is_some() && ending.close_received.is_some(),
+            sent: ending.close_sent.clone(),
+            received: ending.close_received.clone(),
+            error: ending.error.clone(),
         };
         self.emit(Event::Closed(Box::new(closed)));
     }

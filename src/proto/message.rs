@@ -251,7 +251,8 @@ impl Spares {
 #[derive(Debug, Default)]
 pub(crate) struct MessageReader {
     hdr: [u8; MAX_HEADER_LEN],
-    hdr_len: usize,
+    /// Bytes of an incomplete header in `hdr` (fewer than `MAX_HEADER_LEN`).
+    hdr_len: u8,
     frame: Option<InFrame>,
     message: Option<InMessage>,
     buf: MessageBuffer,
@@ -323,13 +324,13 @@ impl MessageReader {
                 }
                 None => {
                     self.hdr[..data.len()].copy_from_slice(data);
-                    self.hdr_len = data.len();
+                    self.hdr_len = data.len() as u8;
                     *data = &[];
                     Ok(None)
                 }
             };
         }
-        let old = self.hdr_len;
+        let old = usize::from(self.hdr_len);
         let take = (MAX_HEADER_LEN - old).min(data.len());
         self.hdr[old..old + take].copy_from_slice(&data[..take]);
         match decode_header(&self.hdr[..old + take])? {
@@ -339,7 +340,7 @@ impl MessageReader {
                 Ok(Some(h))
             }
             None => {
-                self.hdr_len = old + take;
+                self.hdr_len = (old + take) as u8;
                 *data = &data[take..];
                 Ok(None)
             }
@@ -513,6 +514,22 @@ impl MessageReader {
     /// Takes back a spare buffer (an event loop pools them across connections).
     pub(crate) fn take_spare(&mut self) -> Option<Vec<u8>> {
         self.spares.take()
+    }
+
+    /// Installs `list` as the container of the spares if they have none; else hands
+    /// it back.
+    pub(crate) fn lend_spare_list(&mut self, mut list: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+        if self.spares.bufs.capacity() > 0 {
+            return Some(list);
+        }
+        list.clear();
+        self.spares.bufs = list;
+        None
+    }
+
+    /// Takes the spares' container back once it holds no buffer.
+    pub(crate) fn take_spare_list(&mut self) -> Option<Vec<Vec<u8>>> {
+        (self.spares.bufs.is_empty() && self.spares.bufs.capacity() > 0).then(|| std::mem::take(&mut self.spares.bufs))
     }
 
     /// Bytes this reader pins: the message buffer and the spares.

@@ -34,8 +34,6 @@ pub(crate) struct OutQueue {
     total: usize,
     /// Bytes held by queued shared frames and owned payloads (until fully written).
     shared: usize,
-    /// Owned payloads fully written, for reuse as message buffers.
-    done: Vec<Vec<u8>>,
 }
 
 impl OutQueue {
@@ -75,20 +73,16 @@ impl OutQueue {
         self.segs.push_back(Seg::Shared(bytes, 0));
     }
 
-    /// Appends a payload without copying it (zero-copy echo of a received message).
-    pub(crate) fn push_owned(&mut self, bytes: Vec<u8>) {
+    /// Appends a payload without copying it (zero-copy echo of a received message);
+    /// an empty one is handed straight back.
+    pub(crate) fn push_owned(&mut self, bytes: Vec<u8>) -> Option<Vec<u8>> {
         if bytes.is_empty() {
-            self.done.push(bytes);
-            return;
+            return Some(bytes);
         }
         self.total += bytes.len();
         self.shared += bytes.capacity();
         self.segs.push_back(Seg::Owned(bytes, 0));
-    }
-
-    /// An owned payload that has been written, if any.
-    pub(crate) fn take_done(&mut self) -> Option<Vec<u8>> {
-        self.done.pop()
+        None
     }
 
     /// Bytes waiting to be written.
@@ -130,8 +124,9 @@ impl OutQueue {
         filled
     }
 
-    /// Marks `n` bytes as written (clamped to what is queued).
-    pub(crate) fn consume(&mut self, n: usize) {
+    /// Marks `n` bytes as written (clamped to what is queued); each owned payload
+    /// fully written goes to `written`, for reuse as a message buffer.
+    pub(crate) fn consume(&mut self, n: usize, written: &mut impl FnMut(Vec<u8>)) {
         let mut n = n.min(self.total);
         self.total -= n;
         while n > 0 {
@@ -162,7 +157,7 @@ impl OutQueue {
                     if *off == v.len() {
                         self.shared -= v.capacity();
                         if let Some(Seg::Owned(v, _)) = self.segs.pop_front() {
-                            self.done.push(v);
+                            written(v);
                         }
                     }
                 }
@@ -233,7 +228,7 @@ mod tests {
             q.push_frame(&big);
         }
         assert!(q.segs.capacity() >= 1000);
-        q.consume(q.len());
+        q.consume(q.len(), &mut drop);
         q.shrink_if_empty(1 << 20);
         assert!(q.segs.capacity() <= SEGS_KEEP);
     }
@@ -266,7 +261,7 @@ mod tests {
         while q.len() > 0 {
             let f = q.front();
             out.push(f[0]);
-            q.consume(1);
+            q.consume(1, &mut drop);
         }
         assert_eq!(out, b"abcdef");
     }
