@@ -63,6 +63,55 @@ fn relay_carries_a_1_mib_message_and_10000_messages_in_order() {
     srv.stop();
 }
 
+/// Senders in one room write bursts that mix corked (small) and shared (large)
+/// messages, so one loop turn holds several senders' messages: every member gets
+/// every other sender's messages once and in that sender's order, and never its own.
+#[test]
+fn corked_turns_keep_each_senders_order_without_echo_across_sizes() {
+    const N: usize = 200;
+    let sizes = [10usize, 1500, 70, 5000, 1, 1024, 1025];
+    let body = |s: usize, i: usize| {
+        let mut m = format!("{s}:{i}:");
+        while m.len() < sizes[i % sizes.len()] {
+            m.push('x');
+        }
+        m
+    };
+    let mut srv = Running::start(ServerConfig::default(), Relay::new());
+    let mut clients: Vec<_> = (0..4).map(|_| srv.connect("/mix")).collect();
+    for i in 0..N {
+        for (s, c) in clients[..3].iter_mut().enumerate() {
+            c.send_text(&body(s, i)).unwrap();
+        }
+    }
+    for c in &mut clients[..3] {
+        assert!(c.flush(WAIT).unwrap());
+    }
+    for (me, c) in clients.iter_mut().enumerate() {
+        let mut next = [0usize; 3];
+        let expected = if me < 3 { 2 * N } else { 3 * N };
+        for _ in 0..expected {
+            let (kind, bytes) = next_message(c);
+            assert_eq!(kind, MessageKind::Text);
+            let text = String::from_utf8(bytes).unwrap();
+            let mut fields = text.splitn(3, ':');
+            let s: usize = fields.next().unwrap().parse().unwrap();
+            let i: usize = fields.next().unwrap().parse().unwrap();
+            assert_ne!(s, me, "client {me} got its own message back");
+            assert_eq!(i, next[s], "client {me}: sender {s}'s order");
+            assert_eq!(text, body(s, i));
+            next[s] += 1;
+        }
+    }
+    // Nothing else was queued: the next message anyone gets is this one.
+    clients[3].send_text("end").unwrap();
+    for c in &mut clients[..3] {
+        assert_eq!(next_message(c), text("end"));
+    }
+    drop(clients);
+    srv.stop();
+}
+
 #[test]
 fn an_abrupt_disconnect_is_removed_and_the_others_carry_on() {
     let mut srv = Running::start(ServerConfig::default(), Relay::new());

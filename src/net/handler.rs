@@ -118,6 +118,20 @@ impl Ctx<'_> {
         self.queue_message(id, frame.as_bytes().len(), |e| e.send_shared(frame).is_ok())
     }
 
+    /// Queues `messages` whole frames encoded back to back in `frame` (a relay's
+    /// corked turn) for `id`, as one run. Same result as `send`.
+    pub(crate) fn send_corked(&mut self, id: ConnId, frame: &SharedFrame, messages: usize) -> bool {
+        let len = frame.as_bytes().len();
+        self.queue_messages(id, messages, len, |e| e.send_shared(frame).is_ok())
+    }
+
+    /// [`Ctx::send_corked`] for the byte ranges `parts` of `frame` only (the turn
+    /// without `id`'s own messages), holding `messages` frames.
+    pub(crate) fn send_corked_parts(&mut self, id: ConnId, frame: &SharedFrame, parts: &[std::ops::Range<usize>], messages: usize) -> bool {
+        let len = parts.iter().map(ExactSizeIterator::len).sum();
+        self.queue_messages(id, messages, len, |e| e.send_shared_parts(frame, parts).is_ok())
+    }
+
     /// Sends a ping to `id`; its pong reaches [`Handler::on_pong`] with the round-trip time.
     pub fn ping(&mut self, id: ConnId, payload: &[u8]) -> bool {
         let now = self.now;
@@ -126,9 +140,15 @@ impl Ctx<'_> {
 
     /// Queues a message of `len` bytes with `f`, as `queue`, and counts it if queued.
     fn queue_message(&mut self, id: ConnId, len: usize, f: impl FnOnce(&mut Connection) -> bool) -> bool {
+        self.queue_messages(id, 1, len, f)
+    }
+
+    /// Queues `messages` messages of `len` bytes in all with `f`, as `queue`, and
+    /// counts them if queued.
+    fn queue_messages(&mut self, id: ConnId, messages: usize, len: usize, f: impl FnOnce(&mut Connection) -> bool) -> bool {
         let ok = self.queue(id, f);
         if ok {
-            self.counts.sent(len);
+            self.counts.sent(messages, len);
         }
         ok
     }

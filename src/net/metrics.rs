@@ -325,8 +325,8 @@ impl TurnCounts {
         self.bytes_received += bytes as u64;
     }
 
-    pub(crate) fn sent(&mut self, bytes: usize) {
-        self.messages_sent += 1;
+    pub(crate) fn sent(&mut self, messages: usize, bytes: usize) {
+        self.messages_sent += messages as u64;
         self.bytes_sent += bytes as u64;
     }
 

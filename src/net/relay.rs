@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,6 +15,7 @@ use crate::net::handler::{ConnId, Ctx, Handler};
 use crate::net::http;
 use crate::net::metrics::Metrics;
 use crate::net::server::Server;
+use crate::proto::frame::encode_frame;
 use crate::{Accept, Closed, HttpRequest, MessageKind, Reject, Request, SharedFrame};
 
 /// The window of the relay's shared compressor (the largest; every client that
@@ -23,6 +25,11 @@ const SHARED_WINDOW_BITS: u8 = crate::proto::deflate::MAX_WINDOW_BITS;
 
 /// Frames a relay keeps for reuse.
 const FRAME_POOL: usize = 16;
+/// Largest message that is corked (queued with the rest of its room's turn as one
+/// run); larger ones are shared alone, without a copy.
+const CORK_MESSAGE_MAX: usize = 1024;
+/// A room's cork is delivered early once it holds this much.
+const CORK_BYTES_MAX: usize = 256 * 1024;
 /// Largest message whose frame is kept for reuse.
 const FRAME_POOL_MAX: usize = 64 * 1024;
 
@@ -70,6 +77,9 @@ impl FramePool {
 #[derive(Debug, Default)]
 pub struct Relay {
     rooms: Rooms,
+    /// Scratch for delivering corks: (sender, message index) sorted, and byte ranges.
+    own: Vec<(ConnId, usize)>,
+    parts: Vec<Range<usize>>,
     relayed: u64,
     /// Serve the chat page to plain HTTP requests.
     page: bool,
@@ -85,6 +95,35 @@ struct Room {
     name: Arc<str>,
     members: Vec<ConnId>,
     waiting: u32,
+    cork: Cork,
+}
+
+/// A room's small messages of this loop turn, encoded back to back and queued for
+/// each member as one run at the end of the turn (uWebSockets' corking): one queue
+/// entry, one admission check and one reference count per member per turn, instead
+/// of per message. A member that sent some of them gets the rest (no echo).
+#[derive(Debug, Default)]
+struct Cork {
+    bytes: Vec<u8>,
+    /// Where each message starts in `bytes`, and its sender if it is on this loop.
+    starts: Vec<(usize, Option<ConnId>)>,
+}
+
+impl Cork {
+    fn push(&mut self, sender: Option<ConnId>, frame: impl FnOnce(&mut Vec<u8>)) {
+        self.starts.push((self.bytes.len(), sender));
+        frame(&mut self.bytes);
+    }
+
+    /// Where message `i` ends.
+    fn end(&self, i: usize) -> usize {
+        self.starts.get(i + 1).map_or(self.bytes.len(), |&(s, _)| s)
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.starts.clear();
+    }
 }
 
 /// Where a connection is, from its request until it closes (indexed by its slot).
@@ -107,6 +146,8 @@ struct Rooms {
     free: Vec<u32>,
     by_name: HashMap<Arc<str>, u32>,
     seats: Vec<Seat>,
+    /// Rooms whose cork holds messages (a room may appear twice; its cork is then empty).
+    corked: Vec<u32>,
     /// Connections with a seat.
     tracked: usize,
     /// Open members, over all rooms.
@@ -122,7 +163,7 @@ impl Rooms {
             Some(&r) => r,
             None => {
                 let name: Arc<str> = Arc::from(name);
-                let room = Room { name: name.clone(), members: Vec::new(), waiting: 0 };
+                let room = Room { name: name.clone(), members: Vec::new(), waiting: 0, cork: Cork::default() };
                 let r = match self.free.pop() {
                     Some(r) => {
                         self.rooms[r as usize] = Some(room);
@@ -210,21 +251,32 @@ impl Rooms {
         self.rooms.get_mut(room as usize)?.as_mut()
     }
 
-    /// The room `id` is a member of.
-    fn room_of_member(&self, id: ConnId) -> Option<&Room> {
+    /// The room `id` is a member of, and its index.
+    fn room_of_member(&self, id: ConnId) -> Option<(u32, &Room)> {
         let Seat::Member { room, .. } = self.seat(id)? else { return None };
-        self.rooms.get(room as usize)?.as_ref()
+        Some((room, self.rooms.get(room as usize)?.as_ref()?))
     }
 
-    /// The room named `name`, if anyone is in it or waiting for it.
-    fn named(&self, name: &str) -> Option<&Room> {
+    /// The room named `name`, if anyone is in it or waiting for it, and its index.
+    fn named(&self, name: &str) -> Option<(u32, &Room)> {
         let &r = self.by_name.get(name)?;
-        self.rooms.get(r as usize)?.as_ref()
+        Some((r, self.rooms.get(r as usize)?.as_ref()?))
+    }
+
+    /// Adds a message to room `r`'s cork; true if the cork is now full enough to go.
+    fn cork(&mut self, r: u32, sender: Option<ConnId>, frame: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let Some(room) = self.room_mut(r) else { return false };
+        if room.cork.starts.is_empty() {
+            self.corked.push(r);
+        }
+        let Some(room) = self.room_mut(r) else { return false };
+        room.cork.push(sender, frame);
+        room.cork.bytes.len() >= CORK_BYTES_MAX
     }
 
     /// Open members of the room named `name`.
     fn members(&self, name: &str) -> usize {
-        self.named(name).map_or(0, |r| r.members.len())
+        self.named(name).map_or(0, |(_, r)| r.members.len())
     }
 
     /// Names of the rooms with open members.
@@ -237,6 +289,8 @@ impl Rooms {
 #[derive(Debug, Default)]
 struct Encoder {
     plain: FramePool,
+    /// Corked turns, as frames to share.
+    corks: Vec<SharedFrame>,
     #[cfg(feature = "deflate")]
     compressed: FramePool,
     #[cfg(feature = "deflate")]
@@ -244,6 +298,28 @@ struct Encoder {
 }
 
 impl Encoder {
+    /// Whether a message of `len` bytes is corked: small, and not compressed (a
+    /// compressing relay queues each message by itself).
+    fn corks(&self, len: usize) -> bool {
+        #[cfg(feature = "deflate")]
+        if self.deflate.is_some() {
+            return false;
+        }
+        len <= CORK_MESSAGE_MAX
+    }
+
+    /// A shared frame holding `frames` (a cork's bytes): a pooled one refilled, or new.
+    fn corked(&mut self, frames: &[u8]) -> SharedFrame {
+        if let Some(f) = self.corks.iter_mut().find_map(|f| f.reuse_for_frames(frames).then(|| f.clone())) {
+            return f;
+        }
+        let f = SharedFrame::from_frames(frames);
+        if self.corks.len() < FRAME_POOL && frames.len() <= FRAME_POOL_MAX {
+            self.corks.push(f.clone());
+        }
+        f
+    }
+
     /// Makes the plain frame if it is not made yet.
     fn plain(&mut self, kind: MessageKind, data: &[u8], frames: &mut Frames) {
         if frames.plain.is_none() {
@@ -402,6 +478,56 @@ impl Relay {
         self.bus.as_ref().map_or_else(Vec::new, |b| b.remote_rooms().map(str::to_owned).collect())
     }
 
+    /// Queues room `r`'s cork for its members, each once, without their own messages.
+    fn uncork(&mut self, ctx: &mut Ctx<'_>, r: u32) {
+        let Some(room) = self.rooms.room_mut(r) else { return };
+        let cork = &room.cork;
+        if cork.starts.is_empty() {
+            return;
+        }
+        let frame = self.encoder.corked(&cork.bytes);
+        let total = cork.starts.len();
+        // Each sender's own messages, found by binary search per member.
+        self.own.clear();
+        self.own.extend(cork.starts.iter().enumerate().filter_map(|(i, &(_, s))| Some((s?, i))));
+        self.own.sort_unstable();
+        for &m in &room.members {
+            let from = self.own.partition_point(|&(s, _)| s < m);
+            let to = from + self.own[from..].partition_point(|&(s, _)| s == m);
+            if from == to {
+                ctx.send_corked(m, &frame, total);
+                continue;
+            }
+            // The gaps between its own messages.
+            self.parts.clear();
+            let mut start = 0;
+            for &(_, i) in &self.own[from..to] {
+                let (own_start, own_end) = (cork.starts[i].0, cork.end(i));
+                if own_start > start {
+                    self.parts.push(start..own_start);
+                }
+                start = own_end;
+            }
+            if start < cork.bytes.len() {
+                self.parts.push(start..cork.bytes.len());
+            }
+            if !self.parts.is_empty() {
+                ctx.send_corked_parts(m, &frame, &self.parts, total - (to - from));
+            }
+        }
+        room.cork.clear();
+    }
+
+    /// Queues every cork (the end of the turn).
+    fn uncork_all(&mut self, ctx: &mut Ctx<'_>) {
+        let mut corked = std::mem::take(&mut self.rooms.corked);
+        for &r in &corked {
+            self.uncork(ctx, r);
+        }
+        corked.clear();
+        self.rooms.corked = corked;
+    }
+
     /// A member joined (`+1`) or left (`-1`) `room` on this loop: other loops learn
     /// when the room gains its first member here or loses its last.
     fn membership_changed(&mut self, room: &Arc<str>, now_empty_or_first: Option<bool>) {
@@ -426,7 +552,16 @@ impl BusMember for Relay {
                     }
                 }
                 BusItem::Message { room, kind, mut frames } => {
-                    let (Some(room), Some(plain)) = (self.rooms.named(&room), frames.plain.clone()) else { continue };
+                    let (Some((r, _)), Some(plain)) = (self.rooms.named(&room), frames.plain.clone()) else { continue };
+                    if self.encoder.corks(plain.payload().len()) {
+                        if self.rooms.cork(r, None, |b| b.extend_from_slice(plain.as_bytes())) {
+                            self.uncork(ctx, r);
+                        }
+                        continue;
+                    }
+                    // Behind what is corked for the room, in order.
+                    self.uncork(ctx, r);
+                    let Some(room) = self.rooms.room_mut(r) else { continue };
                     self.encoder.fan_out(ctx, &room.members, None, kind, plain.payload(), &mut frames);
                 }
             }
@@ -478,10 +613,20 @@ impl Handler for Relay {
     /// Two indexed loads (the sender's seat, its room) and, when linked, one lookup
     /// (the loops interested); no reference count is touched unless the message crosses.
     fn on_message(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: &[u8]) {
-        let Some(room) = self.rooms.room_of_member(id) else { return };
+        let Some((r, _)) = self.rooms.room_of_member(id) else { return };
         self.relayed += 1;
         let mut frames = Frames::default();
-        self.encoder.fan_out(ctx, &room.members, Some(id), kind, data, &mut frames);
+        if self.encoder.corks(data.len()) {
+            if self.rooms.cork(r, Some(id), |b| encode_frame(b, true, kind.opcode(), None, data)) {
+                self.uncork(ctx, r);
+            }
+        } else {
+            // Behind what is corked for the room, in order.
+            self.uncork(ctx, r);
+            let Some((_, room)) = self.rooms.room_of_member(id) else { return };
+            self.encoder.fan_out(ctx, &room.members, Some(id), kind, data, &mut frames);
+        }
+        let Some((_, room)) = self.rooms.room_of_member(id) else { return };
         if let Some(bus) = self.bus.as_mut() {
             bus.count_relayed();
             let loops = bus.interested(&room.name);
@@ -503,7 +648,8 @@ impl Handler for Relay {
         }
     }
 
-    fn end_of_turn(&mut self, _ctx: &mut Ctx<'_>) -> bool {
+    fn end_of_turn(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        self.uncork_all(ctx);
         self.bus.as_mut().is_some_and(Bus::flush)
     }
 }

@@ -502,6 +502,27 @@ impl Connection {
         Ok(())
     }
 
+    /// Server: copies the byte ranges `parts` of `frame` (each made of whole frames,
+    /// as a relay's corked turn is) into the output: the turn minus what this
+    /// connection sent itself. Ranges outside the frame are skipped.
+    #[cfg(feature = "net")]
+    pub(crate) fn send_shared_parts(&mut self, frame: &SharedFrame, parts: &[std::ops::Range<usize>]) -> Result<(), UsageError> {
+        if self.role != Role::Server {
+            return Err(UsageError::WrongRole);
+        }
+        self.check_can_send_message()?;
+        if frame.compressed_with().is_some() {
+            return Err(UsageError::CompressionMismatch);
+        }
+        let bytes = frame.as_bytes();
+        self.out.write_with(|b| {
+            for part in parts {
+                b.extend_from_slice(bytes.get(part.clone()).unwrap_or_default());
+            }
+        });
+        Ok(())
+    }
+
     /// Sends a ping (at most 125 bytes). The matching pong reports its round-trip time.
     pub fn ping(&mut self, now: Instant, payload: &[u8]) -> Result<(), UsageError> {
         let p = ControlPayload::new(payload).ok_or(UsageError::ControlPayloadTooLong(payload.len()))?;

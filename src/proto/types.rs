@@ -250,4 +250,25 @@ impl SharedFrame {
     pub(crate) fn arc(&self) -> &Arc<Vec<u8>> {
         &self.bytes
     }
+
+    /// Whole unmasked, uncompressed frames already encoded back to back (a relay's
+    /// corked turn), shared like one frame.
+    #[cfg(feature = "net")]
+    pub(crate) fn from_frames(frames: &[u8]) -> Self {
+        Self { bytes: Arc::new(frames.to_vec()), compressed_with: None }
+    }
+
+    /// [`SharedFrame::reuse`] for [`SharedFrame::from_frames`].
+    #[cfg(feature = "net")]
+    pub(crate) fn reuse_for_frames(&mut self, frames: &[u8]) -> bool {
+        match Arc::get_mut(&mut self.bytes) {
+            Some(v) => {
+                v.clear();
+                v.extend_from_slice(frames);
+                self.compressed_with = None;
+                true
+            }
+            None => false,
+        }
+    }
 }
