@@ -28,10 +28,15 @@ const FRAME_POOL: usize = 16;
 /// Largest message that is corked (queued with the rest of its room's turn as one
 /// run); larger ones are shared alone, without a copy.
 const CORK_MESSAGE_MAX: usize = 1024;
-/// A room's cork is delivered early once it holds this much.
-const CORK_BYTES_MAX: usize = 256 * 1024;
 /// Largest message whose frame is kept for reuse.
 const FRAME_POOL_MAX: usize = 64 * 1024;
+/// A room's cork is delivered early once it holds this many bytes (so its frame is
+/// pooled too, and a member is at most this far past the high-water mark) ...
+const CORK_BYTES_MAX: usize = FRAME_POOL_MAX;
+/// ... or this many messages.
+const CORK_MESSAGES_MAX: usize = 4096;
+/// What an empty cork keeps of its buffer.
+const CORK_KEEP_BYTES: usize = 16 * 1024;
 
 /// Encoded frames kept for reuse once every queue that held them has written them.
 #[derive(Debug, Default)]
@@ -47,17 +52,28 @@ impl FramePool {
             Some(bits) => f.reuse_compressed(kind, payload, bits),
             _ => f.reuse(kind, payload),
         };
+        let make = || match compressed_with {
+            #[cfg(feature = "deflate")]
+            Some(bits) => SharedFrame::new_compressed(kind, payload, bits),
+            _ => SharedFrame::new(kind, payload),
+        };
+        self.take(payload.len(), reuse, make)
+    }
+
+    /// A frame holding `frames` (a cork's bytes): a free pooled one refilled, or new.
+    fn frames(&mut self, frames: &[u8]) -> SharedFrame {
+        self.take(frames.len(), |f| f.reuse_for_frames(frames), || SharedFrame::from_frames(frames))
+    }
+
+    /// The first pooled frame `reuse` could refill, else `make`'s; frames of more than
+    /// `FRAME_POOL_MAX` bytes are not kept, so the pool stays small.
+    fn take(&mut self, len: usize, reuse: impl FnMut(&mut SharedFrame) -> bool, make: impl FnOnce() -> SharedFrame) -> SharedFrame {
         match self.0.iter_mut().position(reuse) {
-            // Large frames are not kept: the pool stays small.
-            Some(i) if payload.len() > FRAME_POOL_MAX => self.0.swap_remove(i),
+            Some(i) if len > FRAME_POOL_MAX => self.0.swap_remove(i),
             Some(i) => self.0[i].clone(),
             None => {
-                let f = match compressed_with {
-                    #[cfg(feature = "deflate")]
-                    Some(bits) => SharedFrame::new_compressed(kind, payload, bits),
-                    _ => SharedFrame::new(kind, payload),
-                };
-                if self.0.len() < FRAME_POOL && payload.len() <= FRAME_POOL_MAX {
+                let f = make();
+                if self.0.len() < FRAME_POOL && len <= FRAME_POOL_MAX {
                     self.0.push(f.clone());
                 }
                 f
@@ -69,7 +85,9 @@ impl FramePool {
 /// Relays every message to all other clients in the same room. The room is the request
 /// path (`/lobby` and `/games` are separate; `/` is the default room). The sender does
 /// not get its own message back; per sender, order is preserved. Each relayed message
-/// is encoded once and the same bytes are queued for every recipient; with
+/// is encoded once and the same bytes are queued for every recipient; small ones are
+/// corked: a room's messages of one loop turn go to each member as one run at the end
+/// of the turn (a member that sent some of them gets a copy of the rest); with
 /// permessage-deflate, recipients that agreed to `server_no_context_takeover` (the relay
 /// asks for it) get one compressed encoding, shared likewise. Over several loops
 /// ([`Relay::link`]), rooms span them: a message goes once to each loop with members in
@@ -120,9 +138,13 @@ impl Cork {
         self.starts.get(i + 1).map_or(self.bytes.len(), |&(s, _)| s)
     }
 
+    /// Empties it; what a burst grew beyond a quiet turn's needs is given back, so an
+    /// idle room holds little.
     fn clear(&mut self) {
         self.bytes.clear();
         self.starts.clear();
+        self.bytes.shrink_to(CORK_KEEP_BYTES);
+        self.starts.shrink_to(CORK_KEEP_BYTES / 64);
     }
 }
 
@@ -147,7 +169,7 @@ struct Rooms {
     by_name: HashMap<Arc<str>, u32>,
     seats: Vec<Seat>,
     /// Rooms whose cork holds messages (a room may appear twice; its cork is then empty).
-    corked: Vec<u32>,
+    corked_rooms: Vec<u32>,
     /// Connections with a seat.
     tracked: usize,
     /// Open members, over all rooms.
@@ -263,15 +285,16 @@ impl Rooms {
         Some((r, self.rooms.get(r as usize)?.as_ref()?))
     }
 
-    /// Adds a message to room `r`'s cork; true if the cork is now full enough to go.
-    fn cork(&mut self, r: u32, sender: Option<ConnId>, frame: impl FnOnce(&mut Vec<u8>)) -> bool {
+    /// Adds a message to room `r`'s cork; true if the cork is now full (to be
+    /// delivered at once).
+    fn add_to_cork(&mut self, r: u32, sender: Option<ConnId>, frame: impl FnOnce(&mut Vec<u8>)) -> bool {
         let Some(room) = self.room_mut(r) else { return false };
         if room.cork.starts.is_empty() {
-            self.corked.push(r);
+            self.corked_rooms.push(r);
         }
         let Some(room) = self.room_mut(r) else { return false };
         room.cork.push(sender, frame);
-        room.cork.bytes.len() >= CORK_BYTES_MAX
+        room.cork.bytes.len() >= CORK_BYTES_MAX || room.cork.starts.len() >= CORK_MESSAGES_MAX
     }
 
     /// Open members of the room named `name`.
@@ -290,7 +313,7 @@ impl Rooms {
 struct Encoder {
     plain: FramePool,
     /// Corked turns, as frames to share.
-    corks: Vec<SharedFrame>,
+    cork_frames: FramePool,
     #[cfg(feature = "deflate")]
     compressed: FramePool,
     #[cfg(feature = "deflate")]
@@ -300,24 +323,12 @@ struct Encoder {
 impl Encoder {
     /// Whether a message of `len` bytes is corked: small, and not compressed (a
     /// compressing relay queues each message by itself).
-    fn corks(&self, len: usize) -> bool {
+    fn should_cork(&self, len: usize) -> bool {
         #[cfg(feature = "deflate")]
         if self.deflate.is_some() {
             return false;
         }
         len <= CORK_MESSAGE_MAX
-    }
-
-    /// A shared frame holding `frames` (a cork's bytes): a pooled one refilled, or new.
-    fn corked(&mut self, frames: &[u8]) -> SharedFrame {
-        if let Some(f) = self.corks.iter_mut().find_map(|f| f.reuse_for_frames(frames).then(|| f.clone())) {
-            return f;
-        }
-        let f = SharedFrame::from_frames(frames);
-        if self.corks.len() < FRAME_POOL && frames.len() <= FRAME_POOL_MAX {
-            self.corks.push(f.clone());
-        }
-        f
     }
 
     /// Makes the plain frame if it is not made yet.
@@ -485,7 +496,7 @@ impl Relay {
         if cork.starts.is_empty() {
             return;
         }
-        let frame = self.encoder.corked(&cork.bytes);
+        let frame = self.encoder.cork_frames.frames(&cork.bytes);
         let total = cork.starts.len();
         // Each sender's own messages, found by binary search per member.
         self.own.clear();
@@ -516,16 +527,20 @@ impl Relay {
             }
         }
         room.cork.clear();
+        // A burst's scratch is not kept.
+        if self.own.capacity() > CORK_MESSAGES_MAX {
+            self.own = Vec::new();
+        }
     }
 
     /// Queues every cork (the end of the turn).
     fn uncork_all(&mut self, ctx: &mut Ctx<'_>) {
-        let mut corked = std::mem::take(&mut self.rooms.corked);
+        let mut corked = std::mem::take(&mut self.rooms.corked_rooms);
         for &r in &corked {
             self.uncork(ctx, r);
         }
         corked.clear();
-        self.rooms.corked = corked;
+        self.rooms.corked_rooms = corked;
     }
 
     /// A member joined (`+1`) or left (`-1`) `room` on this loop: other loops learn
@@ -552,9 +567,12 @@ impl BusMember for Relay {
                     }
                 }
                 BusItem::Message { room, kind, mut frames } => {
-                    let (Some((r, _)), Some(plain)) = (self.rooms.named(&room), frames.plain.clone()) else { continue };
-                    if self.encoder.corks(plain.payload().len()) {
-                        if self.rooms.cork(r, None, |b| b.extend_from_slice(plain.as_bytes())) {
+                    let (Some((r, room)), Some(plain)) = (self.rooms.named(&room), frames.plain.clone()) else { continue };
+                    if room.members.is_empty() {
+                        continue; // only connections not open yet: they do not get it
+                    }
+                    if self.encoder.should_cork(plain.payload().len()) {
+                        if self.rooms.add_to_cork(r, None, |b| b.extend_from_slice(plain.as_bytes())) {
                             self.uncork(ctx, r);
                         }
                         continue;
@@ -604,20 +622,25 @@ impl Handler for Relay {
         Ok(Accept::new())
     }
 
-    fn on_open(&mut self, _ctx: &mut Ctx<'_>, id: ConnId) {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, id: ConnId) {
+        // What the room relayed before this member joined is not for it.
+        if let Some(Seat::Waiting { room, .. }) = self.rooms.seat(id) {
+            self.uncork(ctx, room);
+        }
         if let Some((room, first)) = self.rooms.join(id) {
             self.membership_changed(&room, first.then_some(true));
         }
     }
 
-    /// Two indexed loads (the sender's seat, its room) and, when linked, one lookup
-    /// (the loops interested); no reference count is touched unless the message crosses.
+    /// The sender's room is found by its slot (no hashing); a small message is added to
+    /// the room's cork, a larger one is shared at once. When linked, one lookup (the
+    /// loops interested); no reference count is touched unless the message crosses.
     fn on_message(&mut self, ctx: &mut Ctx<'_>, id: ConnId, kind: MessageKind, data: &[u8]) {
         let Some((r, _)) = self.rooms.room_of_member(id) else { return };
         self.relayed += 1;
         let mut frames = Frames::default();
-        if self.encoder.corks(data.len()) {
-            if self.rooms.cork(r, Some(id), |b| encode_frame(b, true, kind.opcode(), None, data)) {
+        if self.encoder.should_cork(data.len()) {
+            if self.rooms.add_to_cork(r, Some(id), |b| encode_frame(b, true, kind.opcode(), None, data)) {
                 self.uncork(ctx, r);
             }
         } else {

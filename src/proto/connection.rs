@@ -162,8 +162,8 @@ impl Keepalive {
 }
 
 impl Extras {
-    /// A client's next masking key; servers do not mask. (Takes the field, so that
-    /// other fields may be borrowed meanwhile.)
+    /// A client's next masking key; servers do not mask. (A function of the field,
+    /// not of the connection, so that other fields may be borrowed meanwhile.)
     fn next_mask(extras: &mut Option<Box<Self>>) -> Option<[u8; 4]> {
         extras.as_mut()?.masks.as_mut().map(|m| m.next_key())
     }
@@ -489,15 +489,7 @@ impl Connection {
     /// A compressed frame goes only to a connection that negotiated permessage-deflate
     /// with parameters that can inflate it ([`UsageError::CompressionMismatch`]).
     pub fn send_shared(&mut self, frame: &SharedFrame) -> Result<(), UsageError> {
-        if self.role != Role::Server {
-            return Err(UsageError::WrongRole);
-        }
-        self.check_can_send_message()?;
-        if let Some(bits) = frame.compressed_with() {
-            if !self.compression.as_ref().is_some_and(|z| z.accepts_shared(bits)) {
-                return Err(UsageError::CompressionMismatch);
-            }
-        }
+        self.check_can_send_shared(frame)?;
         self.out.push_frame(frame.arc());
         Ok(())
     }
@@ -507,13 +499,7 @@ impl Connection {
     /// connection sent itself. Ranges outside the frame are skipped.
     #[cfg(feature = "net")]
     pub(crate) fn send_shared_parts(&mut self, frame: &SharedFrame, parts: &[std::ops::Range<usize>]) -> Result<(), UsageError> {
-        if self.role != Role::Server {
-            return Err(UsageError::WrongRole);
-        }
-        self.check_can_send_message()?;
-        if frame.compressed_with().is_some() {
-            return Err(UsageError::CompressionMismatch);
-        }
+        self.check_can_send_shared(frame)?;
         let bytes = frame.as_bytes();
         self.out.write_with(|b| {
             for part in parts {
@@ -595,16 +581,18 @@ impl Connection {
         self.reader.take_spare()
     }
 
-    /// Lends an empty list to hold spare buffers, if the connection has none: an event
-    /// loop that pools buffers ([`Connection::take_spare`]) pools their list too, so a
+    /// Lends an empty list to hold spare buffers, if the connection has none: the event
+    /// loop pools buffers ([`Connection::take_spare`]) and their lists too, so a
     /// connection at rest holds neither. Returns `list` if it was not needed.
-    pub fn lend_spare_list(&mut self, list: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
+    #[cfg(feature = "net")]
+    pub(crate) fn lend_spare_list(&mut self, list: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
         self.reader.lend_spare_list(list)
     }
 
     /// Takes the list of spare buffers back once [`Connection::take_spare`] has
     /// emptied it.
-    pub fn take_spare_list(&mut self) -> Option<Vec<Vec<u8>>> {
+    #[cfg(feature = "net")]
+    pub(crate) fn take_spare_list(&mut self) -> Option<Vec<Vec<u8>>> {
         self.reader.take_spare_list()
     }
 
@@ -778,6 +766,21 @@ impl Connection {
             _ if self.close_pending => Ok(()),
             _ => Err(UsageError::NotOpen { state: self.state() }),
         }
+    }
+
+    /// A shared frame may be sent: by a server, as a whole message, and if compressed,
+    /// with parameters this connection can inflate.
+    fn check_can_send_shared(&self, frame: &SharedFrame) -> Result<(), UsageError> {
+        if self.role != Role::Server {
+            return Err(UsageError::WrongRole);
+        }
+        self.check_can_send_message()?;
+        if let Some(bits) = frame.compressed_with() {
+            if !self.compression.as_ref().is_some_and(|z| z.accepts_shared(bits)) {
+                return Err(UsageError::CompressionMismatch);
+            }
+        }
+        Ok(())
     }
 
     /// A whole message may be sent: open, and no fragmented message in progress.

@@ -518,6 +518,7 @@ impl MessageReader {
 
     /// Installs `list` as the container of the spares if they have none; else hands
     /// it back.
+    #[cfg(feature = "net")]
     pub(crate) fn lend_spare_list(&mut self, mut list: Vec<Vec<u8>>) -> Option<Vec<Vec<u8>>> {
         if self.spares.bufs.capacity() > 0 {
             return Some(list);
@@ -528,6 +529,7 @@ impl MessageReader {
     }
 
     /// Takes the spares' container back once it holds no buffer.
+    #[cfg(feature = "net")]
     pub(crate) fn take_spare_list(&mut self) -> Option<Vec<Vec<u8>>> {
         (self.spares.bufs.is_empty() && self.spares.bufs.capacity() > 0).then(|| std::mem::take(&mut self.spares.bufs))
     }

@@ -216,10 +216,15 @@ impl SharedFrame {
 
     fn reuse_rsv(&mut self, compressed_with: Option<u8>, kind: MessageKind, payload: &[u8]) -> bool {
         let rsv = if compressed_with.is_some() { RSV1 } else { 0 };
+        self.refill(compressed_with, |v| encode_frame_rsv(v, true, rsv, kind.opcode(), None, payload))
+    }
+
+    /// Rewrites the bytes with `fill` if no connection still holds them.
+    fn refill(&mut self, compressed_with: Option<u8>, fill: impl FnOnce(&mut Vec<u8>)) -> bool {
         match Arc::get_mut(&mut self.bytes) {
             Some(v) => {
                 v.clear();
-                encode_frame_rsv(v, true, rsv, kind.opcode(), None, payload);
+                fill(v);
                 self.compressed_with = compressed_with;
                 true
             }
@@ -261,14 +266,6 @@ impl SharedFrame {
     /// [`SharedFrame::reuse`] for [`SharedFrame::from_frames`].
     #[cfg(feature = "net")]
     pub(crate) fn reuse_for_frames(&mut self, frames: &[u8]) -> bool {
-        match Arc::get_mut(&mut self.bytes) {
-            Some(v) => {
-                v.clear();
-                v.extend_from_slice(frames);
-                self.compressed_with = None;
-                true
-            }
-            None => false,
-        }
+        self.refill(None, |v| v.extend_from_slice(frames))
     }
 }
