@@ -35,8 +35,8 @@ const FRAME_POOL_MAX: usize = 64 * 1024;
 const CORK_BYTES_MAX: usize = FRAME_POOL_MAX;
 /// ... or this many messages.
 const CORK_MESSAGES_MAX: usize = 4096;
-/// What an empty cork keeps of its buffer.
-const CORK_KEEP_BYTES: usize = 16 * 1024;
+/// How many message starts an empty cork keeps room for.
+const CORK_KEEP_STARTS: usize = 1024;
 
 /// Encoded frames kept for reuse once every queue that held them has written them.
 #[derive(Debug, Default)]
@@ -138,13 +138,14 @@ impl Cork {
         self.starts.get(i + 1).map_or(self.bytes.len(), |&(s, _)| s)
     }
 
-    /// Empties it; what a burst grew beyond a quiet turn's needs is given back, so an
-    /// idle room holds little.
+    /// Empties it. The bytes keep their capacity (at most a full cork, 128 KiB); a
+    /// list of starts that a burst of tiny messages grew is given back.
     fn clear(&mut self) {
         self.bytes.clear();
         self.starts.clear();
-        self.bytes.shrink_to(CORK_KEEP_BYTES);
-        self.starts.shrink_to(CORK_KEEP_BYTES / 64);
+        if self.starts.capacity() > CORK_KEEP_STARTS {
+            self.starts = Vec::new();
+        }
     }
 }
 
@@ -527,10 +528,6 @@ impl Relay {
             }
         }
         room.cork.clear();
-        // A burst's scratch is not kept.
-        if self.own.capacity() > CORK_MESSAGES_MAX {
-            self.own = Vec::new();
-        }
     }
 
     /// Queues every cork (the end of the turn).
