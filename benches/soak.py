@@ -808,21 +808,23 @@ def report_setup(cfg: Config) -> None:
     print(f"relay {cfg.url} (pid {cfg.relay_pid}), metrics {cfg.metrics_url}; driver event loop: {cfg.event_loop}")
 
 
+def first_ten(items: list, label: str = "") -> None:
+    """Prints up to ten of `items`, indented, each after `label`."""
+    for item in items[:10]:
+        print(f"  {label}{item}")
+
+
 def report_connections(cfg: Config, tally: Tally, res: RunResult) -> list[str]:
-    reasons = []
     print("\n-- connections --")
     print(f"opened {cfg.clients - len(res.connect_failures)}/{cfg.clients} in {res.connect_s:.1f} s")
-    for failure in res.connect_failures[:10]:
-        print(f"  failed: {failure}")
+    first_ten(res.connect_failures, "failed: ")
     if res.connect_failures:
-        reasons.append(f"{len(res.connect_failures)} connections could not open")
-        return reasons
+        return [f"{len(res.connect_failures)} connections could not open"]
     print(f"closed during the run: {len(tally.unexpected_closes)}")
-    for close in tally.unexpected_closes[:10]:
-        print(f"  {close}")
+    first_ten(tally.unexpected_closes)
     if tally.unexpected_closes:
-        reasons.append(f"{len(tally.unexpected_closes)} connections closed during the run")
-    return reasons
+        return [f"{len(tally.unexpected_closes)} connections closed during the run"]
+    return []
 
 
 def report_traffic_and_checks(cfg: Config, tally: Tally, clients: list[Client], res: RunResult) -> list[str]:
